@@ -1,0 +1,3 @@
+from catcli.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,170 @@
+"""Estimators: pass@k, exact maj@k, bon@k, and their uncertainty (cat-spec §6). Pure: no model, no I/O.
+
+Stage: grades -> estimators. Every metric is a per-problem expectation over the k-subsets of
+that problem's n samples, averaged over problems with equal weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EstimatorError(ValueError):
+    """Inputs an estimator cannot score, such as k > n."""
+
+
+def _check_k(n: int, k: int) -> None:
+    if not 1 <= k <= n:
+        raise EstimatorError(f"k = {k} needs 1 <= k <= n, but there are only n = {n} samples")
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) (Chen et al. 2021), in product form.
+
+    Not 1 - (1 - c/n)^k, which is biased for small n. 1 when fewer than k samples are wrong.
+    """
+    _check_k(n, k)
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
+    """Exact maj@k: expected score of a majority vote over a uniformly random k-subset of samples.
+
+    keys[i] is sample i's vote class (None: no extracted answer, which uses up a slot but does
+    not vote); correct[i] says whether that class is right. An all-invalid draw scores 0; ties
+    are split evenly among the tied classes. maj@1 = c/n.
+
+    For each correct class t and each count x it can get, a DP over the other classes counts
+    the subsets in which every other class gets at most x votes, tracking how many tie at x.
+    """
+    n = len(keys)
+    _check_k(n, k)
+    sizes = Counter(key for key in keys if key is not None)
+    invalid = n - sum(sizes.values())
+    right = {key for key, ok in zip(keys, correct) if key is not None and ok}
+    classes = list(sizes)
+    total = math.comb(n, k)
+    score = 0.0
+    for t in right:
+        others = [sizes[c] for c in classes if c != t]
+        for x in range(1, min(sizes[t], k) + 1):
+            # ways[s, tau]: weighted count of picks of s samples from the other classes
+            # (and the invalid ones) where tau other classes have exactly x votes
+            ways = np.zeros((k - x + 1, len(others) + 1))
+            ways[0, 0] = 1.0
+            for m in others:
+                new = np.zeros_like(ways)
+                for xj in range(0, min(m, x) + 1):
+                    if xj > k - x:
+                        break
+                    coeff = math.comb(m, xj)
+                    if xj == x:
+                        new[xj:, 1:] += coeff * ways[: k - x + 1 - xj, :-1]
+                    else:
+                        new[xj:, :] += coeff * ways[: k - x + 1 - xj, :]
+                ways = new
+            if invalid:
+                new = np.zeros_like(ways)
+                for xj in range(0, min(invalid, k - x) + 1):
+                    new[xj:, :] += math.comb(invalid, xj) * ways[: k - x + 1 - xj, :]
+                ways = new
+            share = ways[k - x, :] / np.arange(1, len(others) + 2)
+            score += math.comb(sizes[t], x) * float(share.sum())
+    return score / total
+
+
+def bon_at_k(rewards: Sequence[float], correct: Sequence[bool], k: int) -> float:
+    """Exact best-of-k: expected correctness of the highest-reward sample among k random draws.
+
+    The maximum falls in the tie group of reward r with probability
+    [C(L + t, k) - C(L, k)] / C(n, k) (L samples strictly lower, t tied); within the group every
+    sample is equally likely to be chosen.
+    """
+    n = len(rewards)
+    _check_k(n, k)
+    order = sorted(set(rewards))
+    total = math.comb(n, k)
+    score = 0.0
+    below = 0
+    for r in order:
+        group = [ok for rr, ok in zip(rewards, correct) if rr == r]
+        t = len(group)
+        p_max = (math.comb(below + t, k) - math.comb(below, k)) / total
+        score += p_max * sum(group) / t
+        below += t
+    return score
+
+
+# ---------------------------------------------------------------- uncertainty
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Mean of per-problem scores with SE = sample std / sqrt(#problems) and a 95 % bootstrap CI."""
+
+    mean: float
+    se: float
+    ci: tuple[float, float]
+    n_problems: int
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean, "se": self.se, "ci": list(self.ci), "n_problems": self.n_problems}
+
+
+def estimate(scores: Sequence[float], seed: int = 0, n_boot: int = 2000) -> Estimate:
+    """Equal-weight mean over problems, its SE, and a seeded percentile bootstrap 95 % CI."""
+    x = np.asarray(scores, dtype=np.float64)
+    if x.size == 0:
+        raise EstimatorError("no problems to estimate over")
+    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+    rng = np.random.default_rng(seed)
+    boot = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return Estimate(float(x.mean()), se, (float(lo), float(hi)), int(x.size))
+
+
+def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -> Estimate:
+    """b - a over the same problems: the estimate of a per-problem paired difference."""
+    if len(a) != len(b):
+        raise EstimatorError("paired difference needs the same problems on both sides")
+    return estimate(np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64), seed)
+
+
+# ---------------------------------------------------------------- one problem, all metrics
+
+
+def parse_ks(text: str) -> list[int]:
+    """`1,4,16` -> [1, 4, 16]; every k a positive integer, no repeats."""
+    try:
+        ks = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise EstimatorError(f"invalid k list {text!r}: use positive integers like 1,4,16") from None
+    if not ks or any(k < 1 for k in ks):
+        raise EstimatorError(f"invalid k list {text!r}: use positive integers like 1,4,16")
+    if len(set(ks)) != len(ks):
+        raise EstimatorError(f"invalid k list {text!r}: a k is repeated")
+    return sorted(ks)
+
+
+def problem_scores(
+    correct: Sequence[bool],
+    keys: Sequence[str | None],
+    ks: Sequence[int],
+    rewards: Sequence[float] | None = None,
+) -> dict[str, float]:
+    """{"pass@k": ..., "maj@k": ..., ["bon@k": ...]} for one problem's graded samples."""
+    n, c = len(correct), int(sum(correct))
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"pass@{k}"] = pass_at_k(n, c, k)
+        out[f"maj@{k}"] = maj_at_k(keys, correct, k)
+        if rewards is not None:
+            out[f"bon@{k}"] = bon_at_k(rewards, correct, k)
+    return out

@@ -1,0 +1,141 @@
+"""Estimators against brute force over every k-subset of small pools."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from collections import Counter
+
+import pytest
+
+from catcli.estimators import (
+    EstimatorError,
+    bon_at_k,
+    estimate,
+    maj_at_k,
+    paired_difference,
+    parse_ks,
+    pass_at_k,
+)
+
+
+def brute_pass(correct, k):
+    subsets = list(itertools.combinations(range(len(correct)), k))
+    return sum(any(correct[i] for i in s) for s in subsets) / len(subsets)
+
+
+def brute_maj(keys, correct, k):
+    right = {key for key, ok in zip(keys, correct) if ok and key is not None}
+    subsets = list(itertools.combinations(range(len(keys)), k))
+    total = 0.0
+    for s in subsets:
+        votes = Counter(keys[i] for i in s if keys[i] is not None)
+        if not votes:
+            continue
+        top = max(votes.values())
+        winners = [key for key, v in votes.items() if v == top]
+        total += sum(w in right for w in winners) / len(winners)
+    return total / len(subsets)
+
+
+def brute_bon(rewards, correct, k):
+    subsets = list(itertools.combinations(range(len(rewards)), k))
+    total = 0.0
+    for s in subsets:
+        top = max(rewards[i] for i in s)
+        best = [i for i in s if rewards[i] == top]
+        total += sum(correct[i] for i in best) / len(best)
+    return total / len(subsets)
+
+
+def random_pool(rng: random.Random, n: int):
+    n_classes = rng.randint(1, 4)
+    keys = [rng.choice([None] + [f"a{j}" for j in range(n_classes)]) for _ in range(n)]
+    right = rng.choice([None, "a0"])
+    correct = [key is not None and key == right for key in keys]
+    return keys, correct
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_pass_and_maj_equal_brute_force(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 10)
+    keys, correct = random_pool(rng, n)
+    for k in range(1, n + 1):
+        assert pass_at_k(n, sum(correct), k) == pytest.approx(brute_pass(correct, k), abs=1e-12)
+        assert maj_at_k(keys, correct, k) == pytest.approx(brute_maj(keys, correct, k), abs=1e-12)
+
+
+def test_maj_pinned_cases_with_ties_and_invalid():
+    keys = ["a", "b", "a", "b", None, "c"]
+    correct = [True, False, True, False, False, False]
+    for k in range(1, 7):
+        assert maj_at_k(keys, correct, k) == pytest.approx(brute_maj(keys, correct, k), abs=1e-12)
+    # k = 2 drawing {a, b}: a tie split evenly counts 1/2
+    assert maj_at_k(["a", "b"], [True, False], 2) == pytest.approx(0.5)
+    # all-invalid draws fail
+    assert maj_at_k([None, None, "a"], [False, False, True], 1) == pytest.approx(1 / 3)
+    assert maj_at_k([None, None], [False, False], 2) == 0.0
+
+
+def test_maj_at_1_is_c_over_n():
+    keys = ["a", "b", "a", None, "c", "a", "b"]
+    correct = [k == "b" for k in keys]
+    assert maj_at_k(keys, correct, 1) == pytest.approx(2 / 7)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_bon_equals_brute_force(seed):
+    rng = random.Random(seed)
+    n = rng.randint(1, 9)
+    rewards = [rng.choice([0.0, 0.5, 1.0, 2.0]) for _ in range(n)]
+    correct = [rng.random() < 0.4 for _ in range(n)]
+    for k in range(1, n + 1):
+        assert bon_at_k(rewards, correct, k) == pytest.approx(brute_bon(rewards, correct, k), abs=1e-12)
+
+
+def test_pass_at_k_is_non_decreasing_and_unbiased_not_naive():
+    n, c = 16, 3
+    values = [pass_at_k(n, c, k) for k in range(1, n + 1)]
+    assert all(b >= a - 1e-15 for a, b in zip(values, values[1:]))
+    assert values[0] == pytest.approx(c / n)
+    assert pass_at_k(4, 1, 2) == pytest.approx(0.5)  # naive 1-(3/4)^2 would give 0.4375
+    assert pass_at_k(16, 13, 4) == 1.0
+
+
+def test_large_pool_is_fast_and_finite():
+    rng = random.Random(0)
+    keys = [rng.choice(["a", "b", "c", "d", None]) for _ in range(128)]
+    correct = [k == "a" for k in keys]
+    for k in (1, 16, 64, 128):
+        v = maj_at_k(keys, correct, k)
+        assert 0.0 <= v <= 1.0 and math.isfinite(v)
+
+
+@pytest.mark.parametrize("k", [0, 5])
+def test_k_out_of_range_is_an_error(k):
+    with pytest.raises(EstimatorError, match="n = 4"):
+        pass_at_k(4, 1, k)
+    with pytest.raises(EstimatorError):
+        maj_at_k(["a"] * 4, [True] * 4, k)
+
+
+def test_parse_ks():
+    assert parse_ks("16,1,4") == [1, 4, 16]
+    for bad in ["", "1,x", "0", "-1", "2,2"]:
+        with pytest.raises(EstimatorError):
+            parse_ks(bad)
+
+
+def test_estimate_and_paired_difference():
+    scores = [0.0, 1.0, 0.5, 0.5]
+    e = estimate(scores, seed=1)
+    assert e.mean == pytest.approx(0.5)
+    assert e.se == pytest.approx(math.sqrt(1 / 6) / 2)
+    assert e.ci[0] <= e.mean <= e.ci[1]
+    assert estimate(scores, seed=1) == e  # seeded
+    d = paired_difference([0.1, 0.2, 0.3], [0.2, 0.4, 0.3])
+    assert d.mean == pytest.approx(0.1)
+    with pytest.raises(EstimatorError):
+        paired_difference([0.1], [0.1, 0.2])

@@ -1,0 +1,390 @@
+"""The `catcli` command: parse, validate, call the library. Nothing else lives here.
+
+Flags default to None so that a recipe value is overridden only by a flag the user typed.
+`--json` prints exactly one JSON object on stdout; progress bars and logs go to stderr.
+Errors become one line on stderr and an exit code (errors.py); CATCLI_DEBUG=1 shows tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from catcli import __version__
+from catcli.errors import EXIT_INTERRUPTED, CatError, UsageError
+
+app = typer.Typer(
+    help="Compute Aligned Training (arXiv 2604.24957): train and evaluate LLMs for pass@N / maj@N / bon@N.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+data_app = typer.Typer(help="Inspect problem sources.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+# ---------------------------------------------------------------- shared options
+
+ModelOpt = Annotated[Optional[str], typer.Option("--model", help="smollm2-135m (embedded), a checkpoint/adapter/run dir, or a hub id. [default: smollm2-135m]")]
+DataOpt = Annotated[Optional[str], typer.Option("--data", help="math (hub), arith (built-in) or a .jsonl/.json/.parquet path. [default: math]")]
+SplitOpt = Annotated[Optional[str], typer.Option("--split", help="train | test (math also: math500).")]
+LevelsOpt = Annotated[Optional[str], typer.Option("--levels", help="Levels to keep, e.g. 1-3 or 1,2. [default: 1-3]")]
+SubjectsOpt = Annotated[Optional[str], typer.Option("--subjects", help="Comma-separated subjects to keep.")]
+LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Keep a seeded random subset of this many problems.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for selection, sampling and bootstrap. [default: 0]")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
+RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe; flags override its values.")]
+KOpt = Annotated[Optional[str], typer.Option("--k", help="Comma-separated k values, e.g. 1,4,16.")]
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"catcli {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+):
+    """Compute Aligned Training from the command line."""
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+def _subjects(text: str | None) -> tuple[str, ...] | None:
+    return tuple(s.strip() for s in text.split(",") if s.strip()) if text else None
+
+
+def _ks(text: str | None) -> tuple[int, ...] | None:
+    from catcli.estimators import EstimatorError, parse_ks
+
+    if text is None:
+        return None
+    try:
+        return tuple(parse_ks(text))
+    except EstimatorError as e:
+        raise UsageError(str(e)) from None
+
+
+def _check_count(name: str, value: int | None, minimum: int = 1) -> None:
+    if value is not None and value < minimum:
+        raise UsageError(f"--{name} must be at least {minimum}, got {value}")
+
+
+# ---------------------------------------------------------------- data
+
+
+@data_app.command("show")
+def data_show(
+    data: DataOpt = None,
+    split: SplitOpt = None,
+    levels: LevelsOpt = None,
+    subjects: SubjectsOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Count problems per level and subject after filtering."""
+    from collections import Counter
+
+    from catcli.data import load_problems, parse_levels, select
+
+    source = data or "math"
+    probs = select(
+        load_problems(source, split or "train", seed or 0),
+        levels=parse_levels(levels or "1-3"), subjects=list(_subjects(subjects) or ()),
+        limit=limit, seed=seed or 0, source=source,
+    )
+    by_level = Counter(p.level for p in probs)
+    by_subject = Counter(p.subject for p in probs)
+    result = {
+        "total": len(probs),
+        "levels": {str(k): by_level[k] for k in sorted(by_level)},
+        "subjects": dict(sorted(by_subject.items())),
+    }
+    if as_json:
+        _emit_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"{source}: {len(probs)} problems")
+    table.add_column("subject")
+    lv = sorted(by_level)
+    for level in lv:
+        table.add_column(f"L{level}", justify="right")
+    table.add_column("total", justify="right")
+    for subject in sorted(by_subject):
+        counts = Counter(p.level for p in probs if p.subject == subject)
+        table.add_row(subject, *[str(counts[level]) for level in lv], str(by_subject[subject]))
+    table.add_row("all", *[str(by_level[level]) for level in lv], str(len(probs)), style="bold")
+    _console().print(table)
+
+
+# ---------------------------------------------------------------- weights
+
+
+@app.command()
+def weights(
+    strategy: Annotated[str, typer.Option("--strategy", help="ce | pass@N | maj@N[:k=K|:frac=F] | bon@N")],
+    p: Annotated[Optional[str], typer.Option("--p", help="Comma-separated p values in [0, 1]; default a log grid.")] = None,
+    form: Annotated[str, typer.Option("--form", help="RL weight form: raw (S'(p)) or log (w_SFT).")] = "raw",
+    as_json: JsonOpt = False,
+    plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of both weight curves.")] = None,
+):
+    """CAT weights w_SFT(p) and w_RL(p) of a strategy (paper Table 1). For bon@N, p is the reward quantile q."""
+    import torch
+
+    from catcli import objectives as obj
+
+    try:
+        s = obj.parse_strategy(strategy)
+        if form not in ("raw", "log"):
+            raise UsageError(f"--form must be raw or log, got {form!r}")
+        if s.kind == "bon" and form == "log":
+            raise UsageError("bon@N has only the raw rank weight N q^(N-1): use --form raw")
+    except obj.StrategyError as e:
+        raise UsageError(str(e)) from None
+    ps = _parse_ps(p) if p else [10.0**e for e in range(-6, 0)] + [0.5, 0.9, 0.99, 0.999999]
+    log_p = torch.log(torch.tensor(ps, dtype=torch.float64))
+    w_sft = obj.w_sft(s, log_p).tolist()
+    w_rl = obj.w_rl(s, log_p, form).tolist()
+    k = s.sft_k if s.kind == "maj" else None
+    result = {
+        "strategy": str(s),
+        "n": s.n,
+        "k": k,
+        "points": [{"p": pv, "sft_weight": a, "rl_weight": b} for pv, a, b in zip(ps, w_sft, w_rl)],
+    }
+    if plot is not None:
+        _plot_weights(result, plot, form)
+    if as_json:
+        _emit_json(result)
+        return
+    from rich.table import Table
+
+    table = Table(title=f"CAT weights for {s}" + (f" (k = {k})" if k else ""))
+    for col in ("p", "w_SFT", f"w_RL ({form})"):
+        table.add_column(col, justify="right")
+    for pt in result["points"]:
+        table.add_row(f"{pt['p']:.6g}", f"{pt['sft_weight']:.6g}", f"{pt['rl_weight']:.6g}")
+    _console().print(table)
+
+
+def _parse_ps(text: str) -> list[float]:
+    try:
+        ps = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UsageError(f"invalid --p {text!r}: use numbers in [0, 1] like 0.05,0.5") from None
+    if not ps or any(not (0.0 <= x <= 1.0) or math.isnan(x) for x in ps):
+        raise UsageError(f"invalid --p {text!r}: every p must be in [0, 1]")
+    return ps
+
+
+def _plot_weights(result: dict, path: Path, form: str) -> None:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from catcli.rundir import write_atomic
+
+    pts = [pt for pt in result["points"] if pt["p"] > 0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([pt["p"] for pt in pts], [pt["sft_weight"] for pt in pts], marker="o", label="w_SFT")
+    ax.plot([pt["p"] for pt in pts], [pt["rl_weight"] for pt in pts], marker="s", label=f"w_RL ({form})")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("p")
+    ax.set_ylabel("weight")
+    ax.set_title(f"CAT weights: {result['strategy']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+# ---------------------------------------------------------------- eval, score, compare, plot
+
+
+@app.command("eval")
+def eval_cmd(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    split: SplitOpt = None,
+    levels: LevelsOpt = None,
+    subjects: SubjectsOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    k: KOpt = None,
+    n: Annotated[Optional[int], typer.Option("--n", help="Samples per problem. [default: the largest k]")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Problems per generate call. [default: 8]")] = None,
+    instruction: Annotated[Optional[str], typer.Option("--instruction", help="Appended to each problem; '' for none.")] = None,
+    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")] = None,
+    max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run a hub model's own code.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/eval]")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue an interrupted run in --out.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty --out.")] = None,
+    recipe: RecipeOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Sample n completions per problem and report pass@k / maj@k with 95 % CIs."""
+    from catcli import config
+    from catcli.curves import metrics_table
+    from catcli.evaluation import EvalConfig, run_eval
+
+    for name, value in (("n", n), ("limit", limit), ("max-new-tokens", max_new_tokens), ("batch-size", batch_size)):
+        _check_count(name, value)
+    flags = dict(
+        model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
+        k=_ks(k), n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
+        instruction=instruction, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
+        trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
+    )
+    cfg = config.resolve(EvalConfig, "eval", config.load_recipe(recipe), flags)
+    result = run_eval(cfg, progress=not as_json)
+    if as_json:
+        _emit_json(result)
+    else:
+        _console().print(metrics_table(result, f"{cfg.model} on {cfg.data}: {result['n_problems']} problems x {cfg.n_samples} samples"))
+        typer.echo(f"wrote {cfg.out}/eval.json, curves.csv, curves.png", err=True)
+
+
+@app.command()
+def score(
+    samples: Annotated[Path, typer.Argument(help="A samples.jsonl file (or a run directory holding one).")],
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Recompute metrics from a samples file, no model needed; grades lines that are not graded."""
+    from catcli.curves import metrics_table, summarise
+    from catcli.samples import load_samples
+
+    records = load_samples(samples)
+    ks = list(_ks(k) or (1,))
+    summary = summarise(records, ks, seed or 0)
+    if as_json:
+        _emit_json(summary)
+    else:
+        _console().print(metrics_table(summary, f"{samples}: {summary['n_problems']} problems"))
+
+
+@app.command()
+def compare(
+    a: Annotated[Path, typer.Argument(help="Baseline run directory or samples.jsonl.")],
+    b: Annotated[Path, typer.Argument(help="Run to compare against it.")],
+    k: KOpt = None,
+    seed: SeedOpt = None,
+    as_json: JsonOpt = False,
+):
+    """Paired difference B - A per metric over shared problems, with a bootstrap 95 % CI."""
+    from catcli.curves import compare as compare_runs
+    from catcli.curves import compare_table
+    from catcli.samples import load_samples
+
+    ra, rb = load_samples(a), load_samples(b)
+    ks = list(_ks(k) or _common_ks(ra, rb))
+    result = compare_runs(ra, rb, ks, seed or 0)
+    if as_json:
+        _emit_json(result)
+    else:
+        _console().print(compare_table(result, str(a), str(b)))
+
+
+def _common_ks(*runs: list[dict]) -> tuple[int, ...]:
+    n = min(len(r["completions"]) for run in runs for r in run)
+    return tuple(2**i for i in range(int(math.log2(n)) + 1))
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="eval.json files or run directories to overlay.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")],
+):
+    """Overlay the pass@k / maj@k curves of several eval runs."""
+    from catcli.curves import plot_curves
+    from catcli.errors import DataError
+
+    loaded = []
+    for run in runs:
+        path = run / "eval.json" if run.is_dir() else run
+        try:
+            loaded.append((str(run), json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read eval results {path}: {getattr(e, 'strerror', None) or e}") from None
+        if "metrics" not in loaded[-1][1]:
+            raise DataError(f"{path} is not an eval.json written by catcli eval (no metrics)")
+    plot_curves(loaded, output)
+    typer.echo(f"wrote {output}", err=True)
+
+
+# ---------------------------------------------------------------- training (not in this version)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sft():
+    """CAT-weighted SFT on Unsloth 4-bit QLoRA (not in this version yet)."""
+    raise CatError("catcli sft is not in this version yet; `catcli weights` shows the SFT weights it will use")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def rl():
+    """GRPO with CAT advantage weights (not in this version yet)."""
+    raise CatError("catcli rl is not in this version yet; `catcli weights` shows the RL weights it will use")
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; known errors become one stderr line and an exit code (errors.py)."""
+    debug = os.environ.get("CATCLI_DEBUG") == "1"
+    try:
+        result = app(args=argv, prog_name="catcli", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except CatError as e:
+        if debug:
+            raise
+        print(f"catcli: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except typer.Exit as e:
+        return e.exit_code
+    except typer.TyperException as e:  # typer's own copy of click's usage errors
+        print(f"catcli: error: {e.format_message()} (see catcli --help)", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, typer.Abort):
+        print("catcli: interrupted; finished work is saved: rerun with --resume to continue", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line unless debugging
+        if debug:
+            raise
+        print(f"catcli: internal error: {type(e).__name__}: {e} (CATCLI_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

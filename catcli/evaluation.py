@@ -1,0 +1,160 @@
+"""`catcli eval`: sample n completions per problem, grade them, and write pass@k / maj@k curves.
+
+data -> prompts -> model -> samples -> grades -> estimators -> curves, with every stage in its
+own module; this file only sequences them and owns the output directory:
+  OUT/run.json        resolved config + provenance, written before sampling (resume checks it)
+  OUT/samples.jsonl   one line per finished problem (see samples.py)
+  OUT/eval.json       config, model, data fingerprint, metrics with mean / se / ci, per level
+  OUT/curves.csv, OUT/curves.png
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from catcli import config as cfgmod
+from catcli.curves import curves_csv, plot_curves, summarise
+from catcli.data import fingerprint, load_problems, parse_levels, select
+from catcli.errors import UsageError
+from catcli.prompts import DEFAULT_INSTRUCTION, build_prompt
+from catcli.rundir import append_jsonl, drop_torn_tail, prepare_out, provenance, read_jsonl, write_atomic, write_json
+from catcli.samples import SamplingSettings, chunk_seed, chunks, load_samples, make_record, sample_completions
+
+# settings that change what is sampled: a resumed run must agree on all of them
+_SAMPLING_KEYS = ("model", "data", "split", "levels", "subjects", "limit", "seed", "n", "temperature",
+                  "top_p", "max_new_tokens", "batch_size", "instruction", "load_in_4bit")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    model: str = "smollm2-135m"
+    data: str = "math"
+    split: str = "test"
+    levels: str = "1-3"
+    subjects: tuple[str, ...] = ()
+    limit: int | None = None
+    seed: int = 0
+    k: tuple[int, ...] = (1, 4, 16)
+    n: int | None = None  # samples per problem; None = the largest k
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 8  # problems per generate call (n sequences each)
+    instruction: str = DEFAULT_INSTRUCTION
+    load_in_4bit: bool = True
+    max_seq_length: int = 2048
+    trust_remote_code: bool = False
+    out: Path = field(default=Path("runs/eval"))
+    resume: bool = False
+    overwrite: bool = False
+
+    @property
+    def n_samples(self) -> int:
+        return self.n if self.n is not None else max(self.k)
+
+    def validate(self) -> None:
+        if not self.k or any(k < 1 for k in self.k):
+            raise UsageError("--k needs positive integers, like 1,4,16")
+        if self.n is not None and self.n < 1:
+            raise UsageError(f"--n must be at least 1, got {self.n}")
+        if max(self.k) > self.n_samples:
+            raise UsageError(f"k = {max(self.k)} is larger than --n {self.n_samples}: every k must be at most n")
+        if not self.temperature > 0:
+            raise UsageError(f"--temperature must be positive to sample, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
+        for name in ("max_new_tokens", "batch_size", "max_seq_length"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+def _check_resume(out: Path, cfg: EvalConfig) -> None:
+    run = out / "run.json"
+    if not run.exists():
+        return
+    import json
+
+    old = json.loads(run.read_text())["config"]
+    new = cfgmod.to_dict(cfg)
+    changed = [k for k in _SAMPLING_KEYS if old.get(k) != new.get(k)]
+    if changed:
+        raise UsageError(
+            f"--resume of {out} with different {', '.join(changed)} than the run started with; "
+            "use the same settings or a new --out"
+        )
+
+
+def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
+    """Run the whole evaluation; returns the eval.json object. Interrupted runs resume."""
+    cfg.validate()
+    levels = parse_levels(cfg.levels) if cfg.levels else None
+    source = cfg.data
+    problems = select(
+        load_problems(source, cfg.split, cfg.seed),
+        levels=levels, subjects=list(cfg.subjects), limit=cfg.limit, seed=cfg.seed, source=source,
+    )
+    out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    if cfg.resume:
+        _check_resume(out, cfg)
+    samples_path = out / "samples.jsonl"
+    drop_torn_tail(samples_path)
+    done = {str(r["id"]) for r in read_jsonl(samples_path)} if samples_path.exists() else set()
+    if not (out / "run.json").exists():
+        write_json(out / "run.json", {"config": cfgmod.to_dict(cfg), "provenance": provenance()})
+
+    settings = SamplingSettings(cfg.n_samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.batch_size)
+    todo = [(i, c) for i, c in chunks(problems, cfg.batch_size) if any(p.id not in done for p in c)]
+    if todo:
+        _sample(cfg, settings, todo, done, samples_path, len(problems), progress)
+
+    wanted = {p.id for p in problems}
+    records = [r for r in load_samples(samples_path) if str(r["id"]) in wanted]
+    summary = summarise(records, list(cfg.k), cfg.seed)
+    result = {
+        "config": cfgmod.to_dict(cfg),
+        "model": cfg.model,
+        "data": {"source": source, "split": cfg.split, "n_problems": len(problems), "fingerprint": fingerprint(problems)},
+        **summary,
+        "provenance": provenance(),
+    }
+    write_json(out / "eval.json", result)
+    write_atomic(out / "curves.csv", curves_csv(summary))
+    plot_curves([(cfg.model, summary)], out / "curves.png", title=f"{cfg.model} on {source} ({len(records)} problems)")
+    return result
+
+
+def _sample(cfg, settings, todo, done, samples_path, n_problems, progress) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from catcli.models import load_model, quiet_stdout
+
+    model, tokenizer = load_model(
+        cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    from unsloth import FastLanguageModel
+
+    with quiet_stdout():
+        FastLanguageModel.for_inference(model)
+    columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    start, n_samples = time.monotonic(), 0
+    with Progress(*columns, disable=not progress, transient=False, console=_stderr_console()) as bar:
+        task = bar.add_task("sampling", total=n_problems, completed=len(done), rate="")
+        for index, chunk in todo:
+            prompts = [build_prompt(tokenizer, p, cfg.instruction) for p in chunk]
+            completions = sample_completions(model, tokenizer, prompts, settings, chunk_seed(cfg.seed, index))
+            rows = [make_record(p, c) for p, c in zip(chunk, completions) if p.id not in done]
+            append_jsonl(samples_path, rows)
+            done.update(p.id for p in chunk)
+            n_samples += len(rows) * settings.n
+            rate = n_samples / (time.monotonic() - start)
+            bar.update(task, advance=len(rows), rate=f"{rate:.1f} samples/s")
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(file=sys.stderr)

@@ -1,0 +1,132 @@
+"""Run directories: refuse to clobber, write atomically, append resumably, record provenance.
+
+Every result file is written to a temporary file and renamed into place, so a crash leaves
+either the old file or the new one. Per-unit logs are JSONL appended one fsync'd line at a
+time; a line cut short by a kill is ignored on reading, so `--resume` redoes just that unit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+from catcli.errors import DataError, UsageError
+
+
+def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
+    """Make `out` ready: a non-empty directory is refused unless --resume or --overwrite."""
+    if resume and overwrite:
+        raise UsageError("--resume and --overwrite contradict each other: pick one")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; name a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        elif not resume:
+            raise UsageError(f"--out {out} is not empty: add --resume to continue it or --overwrite to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
+        probe.close()
+    except OSError as e:
+        raise UsageError(f"--out {out} is not writable: {e.strerror}") from None
+    return out
+
+
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write via a temporary file in the same directory and rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj) -> None:
+    write_atomic(path, json.dumps(obj, indent=2) + "\n")
+
+
+def append_jsonl(path: Path, rows: list[dict]) -> None:
+    """Append whole lines and fsync, so a finished unit survives a kill right after."""
+    with path.open("a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: Path, *, tolerate_torn_tail: bool = True) -> list[dict]:
+    """Rows of a JSONL file. A torn last line (no newline: the writer was killed) is dropped."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start})") from None
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e.strerror}") from None
+    lines = text.split("\n")
+    torn = lines.pop()  # "" when the file ends in a newline
+    rows = []
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {i + 1} is not valid JSON: {e.msg}") from None
+    if torn.strip():
+        try:
+            rows.append(json.loads(torn))
+        except json.JSONDecodeError:
+            if not tolerate_torn_tail:
+                raise DataError(f"{path} ends in a truncated line") from None
+    return rows
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Cut a last line that has no newline, before appending after it."""
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        cut = data.rfind(b"\n") + 1
+        with path.open("r+b") as f:
+            f.truncate(cut)
+
+
+def provenance() -> dict:
+    """Library versions, git commit and machine: what is needed to rerun a result."""
+    import importlib.metadata as md
+
+    versions = {}
+    for pkg in ("catcli", "torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "math-verify"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5
+        ).stdout.strip() or None
+    except (OSError, subprocess.TimeoutExpired):
+        commit = None
+    return {
+        "versions": versions,
+        "git_commit": commit,
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "argv": sys.argv,
+        "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

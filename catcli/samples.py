@@ -1,0 +1,118 @@
+"""Samples: batched generation and the samples.jsonl file (one line per finished problem).
+
+Stage: model -> samples. Problems are cut into fixed chunks of `batch_size` over the whole
+selection, and chunk i is sampled with seed (seed, i): one `generate` call samples n
+completions for every problem of the chunk. Because chunks and their seeds do not depend on
+what was already done, a run resumed after a kill samples exactly what the uninterrupted run
+would have (on the same machine and library versions).
+
+samples.jsonl line (the format other tools may produce; only answer and completions needed):
+  id, level, subject, answer (gold), completions [str], extracted [str|null],
+  correct [bool], keys [str|null] (vote classes), optionally reward [float]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from catcli.data import Problem
+from catcli.errors import DataError
+from catcli.grading import grade_completions
+from catcli.rundir import read_jsonl
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    n: int
+    temperature: float = 0.8
+    top_p: float = 0.95
+    max_new_tokens: int = 512
+    batch_size: int = 8  # problems per generate call; n sequences each
+
+
+def chunk_seed(seed: int, chunk: int) -> int:
+    return (seed * 1_000_003 + chunk) % 2**31
+
+
+def chunks(problems: Sequence[Problem], batch_size: int) -> Iterator[tuple[int, list[Problem]]]:
+    for i in range(0, len(problems), batch_size):
+        yield i // batch_size, list(problems[i : i + batch_size])
+
+
+def sample_completions(model, tokenizer, prompts: list[str], settings: SamplingSettings, seed: int) -> list[list[str]]:
+    """n sampled completions for each prompt, from one batched `generate` call (left padding)."""
+    import torch
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    torch.manual_seed(seed)
+    with torch.inference_mode():
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=settings.temperature,
+            top_p=settings.top_p,
+            max_new_tokens=settings.max_new_tokens,
+            num_return_sequences=settings.n,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    n = settings.n
+    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
+def make_record(problem: Problem, completions: list[str]) -> dict:
+    g = grade_completions(problem.answer, completions)
+    return {
+        "id": problem.id,
+        "level": problem.level,
+        "subject": problem.subject,
+        "answer": problem.answer,
+        "completions": completions,
+        "extracted": g.extracted,
+        "correct": g.correct,
+        "keys": g.keys,
+    }
+
+
+def load_samples(path: Path) -> list[dict]:
+    """Read a samples file, grading lines that carry only answer and completions.
+
+    Later lines for the same id replace earlier ones (a resumed chunk rewrites its problems).
+    """
+    if not path.exists():
+        raise DataError(f"samples file {path} does not exist")
+    if path.is_dir():
+        path = path / "samples.jsonl"
+        if not path.exists():
+            raise DataError(f"{path.parent} holds no samples.jsonl")
+    rows = read_jsonl(path)
+    if not rows:
+        raise DataError(f"samples file {path} is empty")
+    by_id: dict[str, dict] = {}
+    for i, row in enumerate(rows):
+        where = f"{path} line {i + 1}"
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: expected a JSON object")
+        missing = [c for c in ("answer", "completions") if c not in row]
+        if missing:
+            raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
+        comps = row["completions"]
+        if not isinstance(comps, list) or not comps or not all(isinstance(c, str) for c in comps):
+            raise DataError(f"{where}: completions must be a non-empty list of strings")
+        if not isinstance(row["answer"], (str, int, float)) or isinstance(row["answer"], bool):
+            raise DataError(f"{where}: answer must be a string")
+        if "reward" in row and (
+            not isinstance(row["reward"], list) or len(row["reward"]) != len(comps)
+            or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in row["reward"])
+        ):
+            raise DataError(f"{where}: reward must be a list of numbers, one per completion")
+        if not all(c in row for c in ("correct", "keys")) or len(row["correct"]) != len(comps):
+            g = grade_completions(str(row["answer"]), comps)
+            row = {**row, "extracted": g.extracted, "correct": g.correct, "keys": g.keys}
+        row.setdefault("id", f"line-{i + 1}")
+        row.setdefault("level", None)
+        by_id[str(row["id"])] = row
+    return list(by_id.values())

@@ -1,0 +1,76 @@
+"""`catcli eval` end to end on the embedded model, and kill / --resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_cli
+
+EVAL = ["eval", "--model", "smollm2-135m", "--data", "arith", "--max-new-tokens", "24"]
+
+
+@pytest.mark.slow
+def test_eval_writes_all_outputs(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(*EVAL, "--limit", "8", "--n", "8", "--k", "1,2,4,8", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)  # stdout is exactly one JSON object
+    assert set(result["metrics"]) == {f"{m}@{k}" for m in ("pass", "maj") for k in (1, 2, 4, 8)}
+    assert result["data"]["n_problems"] == 8 and len(result["data"]["fingerprint"]) == 64
+    for name in ("eval.json", "run.json", "samples.jsonl", "curves.csv", "curves.png"):
+        assert (out / name).stat().st_size > 0
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 8 and all(len(r["completions"]) == 8 for r in rows)
+    assert json.loads((out / "eval.json").read_text())["metrics"] == result["metrics"]
+    # score recomputes the same numbers with no model
+    s = run_cli("score", str(out / "samples.jsonl"), "--k", "1,2,4,8", "--json")
+    assert json.loads(s.stdout)["metrics"] == result["metrics"]
+
+
+@pytest.mark.slow
+def test_killed_eval_resumes_to_the_uninterrupted_result(tmp_path):
+    args = [*EVAL, "--limit", "6", "--n", "4", "--k", "1,2,4", "--batch-size", "1", "--seed", "7"]
+    ref = run_cli(*args, "--out", str(tmp_path / "ref"), "--json")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "catcli", *args, "--out", str(out)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    samples = out / "samples.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = samples.read_text().count("\n")
+    assert 2 <= partial < 6
+
+    again = run_cli(*args, "--out", str(out), "--json")
+    assert again.returncode == 2 and "not empty" in again.stderr  # no silent clobbering
+    resumed = run_cli(*args, "--out", str(out), "--resume", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    ids = [json.loads(line)["id"] for line in samples.read_text().splitlines()]
+    assert len(ids) == len(set(ids)) == 6
+    assert json.loads(resumed.stdout)["metrics"] == json.loads(ref.stdout)["metrics"]
+    ref_rows = {json.loads(x)["id"]: json.loads(x)["completions"] for x in (tmp_path / "ref" / "samples.jsonl").read_text().splitlines()}
+    got_rows = {json.loads(x)["id"]: json.loads(x)["completions"] for x in samples.read_text().splitlines()}
+    assert got_rows == ref_rows
+
+
+@pytest.mark.slow
+def test_resume_with_other_settings_is_refused(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli(*EVAL, "--limit", "2", "--n", "2", "--k", "1,2", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli(*EVAL, "--limit", "2", "--n", "2", "--k", "1,2", "--seed", "5", "--out", str(out), "--resume")
+    assert r.returncode == 2 and "different seed" in r.stderr

@@ -1,0 +1,63 @@
+"""The embedded model: offline 4-bit + LoRA load, a cached conversion, atomic on failure."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from catcli import models
+from catcli.errors import ModelError
+
+
+@pytest.mark.slow
+def test_embedded_model_loads_offline_in_4bit_with_lora():
+    model, tok = models.load_model("smollm2-135m", lora=models.LoraSettings(r=8, alpha=16))
+    names = {type(m).__name__ for m in model.modules()}
+    assert "Linear4bit" in names  # bitsandbytes 4-bit base weights
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert trainable and all("lora_" in n for n in trainable)
+    assert tok.chat_template
+
+
+@pytest.mark.slow
+def test_second_load_skips_conversion():
+    path = models.embedded_checkpoint()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    start = time.monotonic()
+    assert models.embedded_checkpoint() == path
+    assert time.monotonic() - start < 1.0
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.slow
+def test_interrupted_conversion_leaves_nothing_to_reuse(tmp_path, monkeypatch):
+    monkeypatch.setenv("CATCLI_HOME", str(tmp_path))
+    models.import_unsloth()
+    import transformers
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
+    with pytest.raises(KeyboardInterrupt):
+        models.embedded_checkpoint()
+    assert not (tmp_path / "models" / "smollm2-135m").exists()
+    assert list((tmp_path / "models").iterdir()) == []  # the temporary directory is gone too
+
+
+def test_resolve_model_kinds(tmp_path):
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    assert models.resolve_model(str(ckpt)).base == str(ckpt)
+    run = tmp_path / "run"
+    (run / "adapter").mkdir(parents=True)
+    (run / "adapter" / "adapter_config.json").write_text('{"base_model_name_or_path": "x"}')
+    (run / "adapter" / models.BASE_RECORD).write_text(f'{{"model": "{ckpt}"}}')
+    r = models.resolve_model(str(run))
+    assert r.base == str(ckpt) and r.adapter == run / "adapter"
+    assert models.resolve_model("owner/name").base == "owner/name"
+    for bad in ("not-a-model", str(tmp_path / "missing"), str(tmp_path)):
+        with pytest.raises(ModelError):
+            models.resolve_model(bad)

@@ -342,13 +342,67 @@ def plot(
     typer.echo(f"wrote {output}", err=True)
 
 
-# ---------------------------------------------------------------- training (not in this version)
+# ---------------------------------------------------------------- training
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def sft():
-    """CAT-weighted SFT on Unsloth 4-bit QLoRA (not in this version yet)."""
-    raise CatError("catcli sft is not in this version yet; `catcli weights` shows the SFT weights it will use")
+@app.command()
+def sft(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    split: SplitOpt = None,
+    levels: LevelsOpt = None,
+    subjects: SubjectsOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="ce | pass@N | maj@N[:k=K|:frac=F] | bon@N. [default: ce]")] = None,
+    target: Annotated[Optional[str], typer.Option("--target", help="answer (boxed answer only) | solution. [default: answer]")] = None,
+    reduction: Annotated[Optional[str], typer.Option("--reduction", help="sequence | token. [default: sequence for answer, token for solution]")] = None,
+    epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps; overrides --epochs.")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="[default: 5e-6, the paper's]")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per micro-batch. [default: 1]")] = None,
+    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="[default: 4]")] = None,
+    max_length: Annotated[Optional[int], typer.Option("--max-length", help="[default: 1024]")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every this many steps. [default: 50]")] = None,
+    lora_r: Annotated[Optional[int], typer.Option("--lora-r")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option("--lora-targets", help="Comma-separated module names.")] = None,
+    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")] = None,
+    init_adapter: Annotated[Optional[str], typer.Option("--init-adapter", help="Continue from this adapter (e.g. a CE warm-up run).")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")] = None,
+    instruction: Annotated[Optional[str], typer.Option("--instruction")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/sft]")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite")] = None,
+    recipe: RecipeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
+    as_json: JsonOpt = False,
+):
+    """CAT-weighted SFT on Unsloth 4-bit QLoRA: minimise -log S(p) of the strategy."""
+    from catcli import config
+    from catcli.trainers.sft import SFTRunConfig, run_sft, with_defaults_for_target
+
+    flags = dict(
+        model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
+        strategy=strategy, target=target, reduction=reduction, epochs=epochs, max_steps=max_steps, lr=lr,
+        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
+        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_subjects(lora_targets), load_in_4bit=load_in_4bit,
+        init_adapter=init_adapter, report_to=report_to, instruction=instruction,
+        trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
+    )
+    cfg = with_defaults_for_target(config.resolve(SFTRunConfig, "sft", config.load_recipe(recipe), flags))
+    cfg.validate()
+    if dry_run:
+        _emit_json({"sft": config.to_dict(cfg)})
+        return
+    typer.echo(f"effective batch: {cfg.batch_size} x {cfg.grad_accum} accumulation per process; "
+               f"strategy {cfg.strategy}, {cfg.target} targets, {cfg.resolved_reduction} reduction", err=True)
+    result = run_sft(cfg, progress=not as_json)
+    if as_json:
+        _emit_json(result)
+    else:
+        typer.echo(f"wrote {cfg.out}/adapter, train_log.jsonl, run.json ({result['global_step']} steps)", err=True)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

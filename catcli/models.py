@@ -136,6 +136,17 @@ def _adapter_base(adapter: Path) -> str:
     return base
 
 
+def base_spec(spec: str) -> str:
+    """The --model that an adapter trained from `spec` records as its base (never an adapter)."""
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        for adapter in (path, path / "adapter"):
+            if (adapter / "adapter_config.json").exists():
+                return _adapter_base(adapter)
+        return str(path.resolve())
+    return spec
+
+
 def resolve_model(spec: str) -> ResolvedModel:
     """Turn a `--model` value into a base checkpoint and an optional adapter (no loading)."""
     if spec == EMBEDDED_ALIAS:

@@ -163,7 +163,7 @@ def log_success_pass(log_p: Tensor, n: int) -> Tensor:
     log_p = _prepare(log_p)
     tiny = log_p + math.log(n) < _LOG_EPS
     exact_in = torch.where(tiny, torch.full_like(log_p, _LOG_EPS), log_p)
-    exact = log1mexp(n * log1mexp(exact_in))
+    exact = log1mexp(float(n) * log1mexp(exact_in))  # float: torch refuses Python ints past int64
     return torch.where(tiny, math.log(n) + log_p, exact)
 
 
@@ -208,7 +208,7 @@ def sft_loss(strategy: Strategy, log_p: Tensor) -> Tensor:
 def log_w_sft_pass(log_p: Tensor, n: int) -> Tensor:
     """log w_SFT for pass@N: w = N p (1-p)^(N-1) / (1 - (1-p)^N); w(0) = 1, w(1) = 0."""
     log_p = _prepare(log_p)
-    return math.log(n) + log_p + (n - 1) * log1mexp(log_p) - log_success_pass(log_p, n)
+    return math.log(n) + log_p + float(n - 1) * log1mexp(log_p) - log_success_pass(log_p, n)
 
 
 def log_w_sft_maj(log_p: Tensor, n: int, k: int) -> Tensor:
@@ -243,7 +243,7 @@ def w_sft(strategy: Strategy, log_p: Tensor) -> Tensor:
 def log_w_rl_pass(log_p: Tensor, n: int) -> Tensor:
     """log w_RL for pass@N: w = S'(p) = N (1-p)^(N-1); w(0) = N, w(1) = 0 (N > 1)."""
     log_p = _prepare(log_p)
-    return math.log(n) + (n - 1) * log1mexp(log_p)
+    return math.log(n) + float(n - 1) * log1mexp(log_p)
 
 
 def log_w_rl_maj(log_p: Tensor, n: int, k: int) -> Tensor:

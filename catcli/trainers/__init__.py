@@ -1,0 +1,1 @@
+"""The two trainers, named after their commands: sft and rl."""

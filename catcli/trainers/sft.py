@@ -1,0 +1,252 @@
+"""`catcli sft`: CAT-weighted SFT (arXiv 2604.24957, cat-spec §1-3, §7) on TRL's SFTTrainer.
+
+The only change to SFTTrainer is `compute_loss`: from one forward pass through TRL's fused LM
+head (per-token log-probs of the completion, prompt tokens masked, no full logits), each
+sequence's summed log-prob log p is passed to `objectives.sft_loss`, giving -log S(p) per
+sequence, whose gradient is w_SFT(p) * grad(-log p). With `ce` this is plain summed-token NLL.
+
+Reduction over the whole accumulated batch, so gradient accumulation stays exact:
+  sequence   sum_i -log S(p_i) / #sequences     (answer targets; the paper's pass@N runs)
+  token      sum_i -log S(p_i) / #target tokens  (solution targets; the paper's maj runs)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Literal
+
+from catcli import config as cfgmod
+from catcli import objectives
+from catcli.data import load_problems, parse_levels, select
+from catcli.errors import UsageError
+from catcli.models import LoraSettings, base_spec, import_unsloth, load_model, save_adapter, seed_everything
+from catcli.prompts import DEFAULT_INSTRUCTION, build_target, user_message
+from catcli.rundir import prepare_out, provenance, read_jsonl, write_atomic, write_json
+
+_PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
+
+
+@dataclass(frozen=True)
+class SFTRunConfig:
+    model: str = "smollm2-135m"
+    data: str = "math"
+    split: str = "train"
+    levels: str = "1-3"
+    subjects: tuple[str, ...] = ()
+    limit: int | None = None
+    seed: int = 0
+    strategy: str = "ce"
+    target: Literal["answer", "solution"] = "answer"
+    reduction: Literal["sequence", "token"] | None = None  # None: sequence for answer, token for solution
+    instruction: str = DEFAULT_INSTRUCTION
+    epochs: float = 1.0
+    max_steps: int | None = None  # overrides epochs when given
+    lr: float = 5e-6
+    weight_decay: float = 0.01
+    max_grad_norm: float = 0.3
+    batch_size: int = 1
+    grad_accum: int = 4
+    max_length: int = 1024
+    save_steps: int = 50
+    lora_r: int = 16
+    lora_alpha: int = 16
+    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+    load_in_4bit: bool = True
+    init_adapter: str | None = None  # continue from this adapter (a CE warm-up) instead of a fresh LoRA
+    report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    trust_remote_code: bool = False
+    out: Path = field(default=Path("runs/sft"))
+    resume: bool = False
+    overwrite: bool = False
+
+    @property
+    def resolved_reduction(self) -> str:
+        return self.reduction or ("sequence" if self.target == "answer" else "token")
+
+    def validate(self) -> objectives.Strategy:
+        try:
+            strategy = objectives.parse_strategy(self.strategy)
+        except objectives.StrategyError as e:
+            raise UsageError(str(e)) from None
+        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "lora_r", "lora_alpha"):
+            if getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise UsageError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if not self.epochs > 0:
+            raise UsageError(f"--epochs must be positive, got {self.epochs}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be positive, got {self.lr}")
+        return strategy
+
+
+def _cat_sft_trainer_class():
+    """Defined after `import unsloth`, which rewrites TRL's trainer classes on import."""
+    import_unsloth()
+    import torch
+    from trl import SFTTrainer
+
+    class CATSFTTrainer(SFTTrainer):
+        """SFTTrainer whose loss is the CAT objective -log S(p); only `compute_loss` differs."""
+
+        _tag_names = ["trl", "sft", "catcli", "compute-aligned-training"]
+        _paper = _PAPER
+
+        def __init__(self, *args, strategy: objectives.Strategy, reduction: str, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.strategy = strategy
+            self.reduction = reduction
+            self.cat_window: list[tuple[torch.Tensor, torch.Tensor]] = []  # (w_SFT, log p) per micro-batch
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+            # float64 sum: a long solution's log p can reach -1e3 and must not lose its tail
+            seq_log_p = outputs.log_probs.to(torch.float64).sum(-1)
+            per_seq = objectives.sft_loss(self.strategy, seq_log_p)
+            if self.reduction == "token":
+                n_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+                loss = per_seq.sum() / torch.as_tensor(n_tokens, dtype=torch.float64).clamp(min=1)
+                if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                    loss = loss * self.accelerator.num_processes  # DDP averages; the count spans all ranks
+            else:
+                # Trainer leaves accumulation to the loss when it passes num_items_in_batch
+                steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
+                loss = per_seq.sum() / (per_seq.numel() * steps)
+            if model.training:
+                self.cat_window.append((objectives.w_sft(self.strategy, seq_log_p), seq_log_p.detach()))
+            loss = loss.to(torch.float32)
+            return (loss, outputs) if return_outputs else loss
+
+    return CATSFTTrainer
+
+
+def _train_log_callback(path: Path, trainer_ref: list):
+    from transformers import TrainerCallback
+
+    class TrainLog(TrainerCallback):
+        """One JSON line per logged step: loss and the CAT weights seen since the last line."""
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            trainer = trainer_ref[0]
+            if not logs or "loss" not in logs:
+                return
+            window, trainer.cat_window = trainer.cat_window, []
+            if not state.is_world_process_zero or not window:
+                return
+            import torch
+
+            w = torch.cat([w for w, _ in window])
+            p = torch.cat([lp for _, lp in window]).exp()
+            row = {
+                "step": state.global_step,
+                "loss": logs["loss"],
+                "weight_mean": w.mean().item(),
+                "weight_min": w.min().item(),
+                "weight_max": w.max().item(),
+                "p_mean": p.mean().item(),
+                "lr": logs.get("learning_rate"),
+                "time": time.time(),
+            }
+            with path.open("a") as f:
+                f.write(json.dumps(row) + "\n")
+
+    return TrainLog()
+
+
+def _last_checkpoint(ckpt_dir: Path) -> Path | None:
+    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+
+
+def build_dataset(cfg: SFTRunConfig):
+    """Prompt-completion conversations: TRL applies the chat template and masks the prompt."""
+    from datasets import Dataset
+
+    problems = select(
+        load_problems(cfg.data, cfg.split, cfg.seed),
+        levels=parse_levels(cfg.levels) if cfg.levels else None,
+        subjects=list(cfg.subjects), limit=cfg.limit, seed=cfg.seed, source=cfg.data,
+    )
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": user_message(p, cfg.instruction)}],
+            "completion": [{"role": "assistant", "content": build_target(p, cfg.target)}],
+        }
+        for p in problems
+    ]
+    return Dataset.from_list(rows), problems
+
+
+def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
+    """Train, checkpointing every save_steps; writes OUT/adapter, train_log.jsonl, run.json."""
+    strategy = cfg.validate()
+    dataset, problems = build_dataset(cfg)
+    out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    ckpt_dir = out / "checkpoints"
+    resume_from = _last_checkpoint(ckpt_dir) if cfg.resume else None
+    log_path = out / "train_log.jsonl"
+    if resume_from is not None and log_path.exists():
+        # lines past the checkpoint will be logged again by the resumed run
+        step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        keep = [r for r in read_jsonl(log_path) if r["step"] <= step]
+        write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in keep))
+    seed = seed_everything(cfg.seed)
+    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # Unsloth on GPU returns no logits in training otherwise
+
+    trainer_cls = _cat_sft_trainer_class()
+    from trl import SFTConfig
+
+    model_spec = cfg.init_adapter or cfg.model
+    lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
+    model, tokenizer = load_model(
+        model_spec, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_length, lora=lora,
+        trust_remote_code=cfg.trust_remote_code,
+    )
+    args = SFTConfig(
+        output_dir=str(ckpt_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.lr,
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        lr_scheduler_type="linear",
+        warmup_steps=0,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
+        max_length=cfg.max_length,
+        logging_steps=1,
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=seed,
+        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        disable_tqdm=not progress,
+        dataset_num_proc=None,
+        completion_only_loss=True,
+    )
+    trainer_ref: list = []
+    trainer = trainer_cls(
+        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        strategy=strategy, reduction=cfg.resolved_reduction,
+        callbacks=[_train_log_callback(log_path, trainer_ref)],
+    )
+    trainer_ref.append(trainer)
+    run = {"config": cfgmod.to_dict(cfg), "strategy": str(strategy), "n_problems": len(problems),
+           "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
+           "provenance": provenance()}
+    if trainer.is_world_process_zero():
+        write_json(out / "run.json", run)
+    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    if trainer.is_world_process_zero():
+        save_adapter(trainer.model, tokenizer, out / "adapter", base_spec(model_spec))
+        run = {**run, "global_step": trainer.state.global_step}
+        write_json(out / "run.json", run)
+    return run
+
+
+def with_defaults_for_target(cfg: SFTRunConfig) -> SFTRunConfig:
+    """Fill the reduction the paper pairs with the target, so run.json states it."""
+    return replace(cfg, reduction=cfg.resolved_reduction)

@@ -1,0 +1,134 @@
+"""CATSFTTrainer on a tiny random Llama against independent oracles, and `catcli sft` end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from catcli import objectives
+from catcli.objectives import parse_strategy
+from conftest import ROOT, run_cli
+
+pytestmark = pytest.mark.slow
+
+
+def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str, str]]):
+    from catcli.models import embedded_checkpoint
+    from catcli.trainers.sft import _cat_sft_trainer_class
+
+    trainer_cls = _cat_sft_trainer_class()
+    from datasets import Dataset
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from trl import SFTConfig
+
+    tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    model = LlamaForCausalLM(cfg).float()
+    data = Dataset.from_list([
+        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in rows
+    ])
+    args = SFTConfig(output_dir=str(tmp_path / "ck"), per_device_train_batch_size=len(rows), max_steps=1,
+                     report_to=[], disable_tqdm=True, completion_only_loss=True, dataset_num_proc=None)
+    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok,
+                          strategy=parse_strategy(strategy), reduction=reduction)
+    batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
+    return trainer, model, batch
+
+
+def _reference_seq_log_p(model, batch):
+    """Summed completion log-prob per sequence from full logits (no fused head), float64."""
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    logp = torch.log_softmax(out.logits.double(), -1)[:, :-1]
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    tok = logp.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    return (tok * mask).sum(-1), mask.sum()
+
+
+ROWS = [("What is 2+2?", "\\boxed{4}"), ("Name a prime.", "The prime \\boxed{7} is a prime number.")]
+
+
+@pytest.mark.parametrize("strategy", ["ce", "pass@4", "maj@8:k=3", "pass@1000000"])
+def test_trainer_loss_equals_objectives_on_the_same_batch(tmp_path, strategy):
+    trainer, model, batch = _tiny_trainer(tmp_path, strategy, "sequence", ROWS)
+    loss = trainer.compute_loss(model, dict(batch))
+    seq_log_p, _ = _reference_seq_log_p(model, batch)
+    want = objectives.sft_loss(parse_strategy(strategy), seq_log_p).mean()
+    torch.testing.assert_close(loss.double(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_ce_gradient_is_summed_token_nll(tmp_path):
+    trainer, model, batch = _tiny_trainer(tmp_path, "ce", "token", ROWS)
+    n_tokens = (batch["labels"][:, 1:] != -100).sum()
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n_tokens)
+    grads = torch.autograd.grad(loss, [p for p in model.parameters()])
+    hf_loss = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "labels")}).loss  # HF's own token-mean CE
+    hf_grads = torch.autograd.grad(hf_loss, [p for p in model.parameters()])
+    torch.testing.assert_close(loss, hf_loss, rtol=1e-5, atol=1e-6)
+    for g, h in zip(grads, hf_grads):
+        torch.testing.assert_close(g, h, rtol=1e-4, atol=1e-7)
+
+
+def test_pass_n_scales_each_sample_gradient_by_its_w_sft(tmp_path):
+    # choose N so that N p is O(1) for these sequences: then w_SFT is far from 1 and differs between them
+    rows = [("What is 2+2?", "\\boxed{4}"), ("What is 1234+1?", "\\boxed{1235} is the sum")]
+    _, model0, batch0 = _tiny_trainer(tmp_path, "ce", "sequence", rows)
+    lp, _ = _reference_seq_log_p(model0, batch0)
+    n = int(torch.exp(-lp.max()).item())  # N p = 1 for the likelier sequence: w ~ 0.58 there, ~ 1 for the other
+    strategy = f"pass@{n}"
+    ws = []
+    for row in rows:
+        trainer, model, batch = _tiny_trainer(tmp_path, strategy, "sequence", [row])
+        params = [p for p in model.parameters()]
+        loss = trainer.compute_loss(model, dict(batch))
+        g_cat = torch.autograd.grad(loss, params)
+        seq_log_p, _ = _reference_seq_log_p(model, batch)
+        w = objectives.w_sft(parse_strategy(strategy), seq_log_p)
+        g_nll = torch.autograd.grad(-seq_log_p.sum(), params)
+        for a, b in zip(g_cat, g_nll):
+            torch.testing.assert_close(a.double(), w.item() * b.double(), rtol=1e-3, atol=1e-7)
+        ws.append(w.item())
+    assert 0 < min(ws) < 0.9 * max(ws) <= 1.0  # different p, visibly different weights
+
+
+def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
+    out = tmp_path / "sft"
+    args = ["sft", "--model", "smollm2-135m", "--data", "arith", "--strategy", "pass@4", "--max-steps", "4",
+            "--batch-size", "2", "--grad-accum", "1", "--save-steps", "1", "--lr", "1e-4", "--out", str(out)]
+    proc = subprocess.Popen([sys.executable, "-m", "catcli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    time.sleep(1.0)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (out / "adapter").exists()
+
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2, 3, 4]  # continued from the checkpoint, no step twice
+    assert {"loss", "weight_mean", "weight_min", "weight_max", "p_mean"} <= set(log[0])
+    assert all(row["weight_min"] <= row["weight_mean"] <= row["weight_max"] for row in log)
+    run = json.loads((out / "run.json").read_text())
+    assert run["global_step"] == 4 and run["strategy"] == "pass@4"
+    assert (out / "adapter" / "adapter_model.safetensors").exists()
+    assert json.loads((out / "adapter" / "catcli_base.json").read_text())["model"] == "smollm2-135m"
+
+    ev = run_cli("eval", "--model", str(out), "--data", "arith", "--limit", "2", "--n", "2", "--k", "1,2",
+                 "--max-new-tokens", "8", "--out", str(tmp_path / "ev"), "--json")
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert json.loads(ev.stdout)["model"] == str(out)

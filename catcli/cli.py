@@ -242,6 +242,7 @@ def eval_cmd(
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")] = None,
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Problems per generate call. [default: 8]")] = None,
     instruction: Annotated[Optional[str], typer.Option("--instruction", help="Appended to each problem; '' for none.")] = None,
+    backend: Annotated[Optional[str], typer.Option("--backend", help="auto | hf | vllm (vllm: Unsloth fast_inference, GPU only). [default: auto]")] = None,
     load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")] = None,
     max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run a hub model's own code.")] = None,
@@ -261,7 +262,7 @@ def eval_cmd(
     flags = dict(
         model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
         k=_ks(k), n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        instruction=instruction, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
+        instruction=instruction, backend=backend, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
         trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
     )
     cfg = config.resolve(EvalConfig, "eval", config.load_recipe(recipe), flags)

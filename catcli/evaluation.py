@@ -14,11 +14,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from catcli import config as cfgmod
 from catcli.curves import curves_csv, plot_curves, summarise
 from catcli.data import fingerprint, load_problems, parse_levels, select
 from catcli.errors import UsageError
+from catcli.models import resolve_model
 from catcli.prompts import DEFAULT_INSTRUCTION, build_prompt
 from catcli.rundir import append_jsonl, drop_torn_tail, prepare_out, provenance, read_jsonl, write_atomic, write_json
 from catcli.samples import SamplingSettings, chunk_seed, chunks, load_samples, make_record, sample_completions
@@ -43,6 +45,7 @@ class EvalConfig:
     top_p: float = 0.95
     max_new_tokens: int = 512
     batch_size: int = 8  # problems per generate call (n sequences each)
+    backend: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm when installed and a GPU is present
     instruction: str = DEFAULT_INSTRUCTION
     load_in_4bit: bool = True
     max_seq_length: int = 2048
@@ -96,6 +99,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
         load_problems(source, cfg.split, cfg.seed),
         levels=levels, subjects=list(cfg.subjects), limit=cfg.limit, seed=cfg.seed, source=source,
     )
+    backend = resolve_backend(cfg.backend)
+    resolve_model(cfg.model)  # an unknown model fails here, before --out is touched
     out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     if cfg.resume:
         _check_resume(out, cfg)
@@ -108,7 +113,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     settings = SamplingSettings(cfg.n_samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.batch_size)
     todo = [(i, c) for i, c in chunks(problems, cfg.batch_size) if any(p.id not in done for p in c)]
     if todo:
-        _sample(cfg, settings, todo, done, samples_path, len(problems), progress)
+        _sample(cfg, backend, settings, todo, done, samples_path, len(problems), progress)
 
     wanted = {p.id for p in problems}
     records = [r for r in load_samples(samples_path) if str(r["id"]) in wanted]
@@ -126,11 +131,29 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     return result
 
 
-def _sample(cfg, settings, todo, done, samples_path, n_problems, progress) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+def resolve_backend(backend: str) -> str:
+    """auto -> vllm when the vllm package and a CUDA GPU are both present, else hf."""
+    import importlib.util
 
-    from catcli.models import load_model, quiet_stdout
+    import torch
 
+    has_vllm = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    if backend == "vllm" and not has_vllm:
+        raise UsageError("--backend vllm needs a CUDA GPU and the vllm package; use --backend hf")
+    if backend == "auto":
+        return "vllm" if has_vllm else "hf"
+    return backend
+
+
+def _load_sampler(cfg, backend: str):
+    """A function (prompts, settings, seed) -> completions for the chosen backend, and its tokenizer."""
+    from catcli.models import load_for_vllm, load_model, quiet_stdout
+
+    if backend == "vllm":
+        from catcli.samples import sample_completions_vllm
+
+        model, tokenizer, lora = load_for_vllm(cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length)
+        return (lambda prompts, s, seed: sample_completions_vllm(model, prompts, s, seed, lora)), tokenizer
     model, tokenizer = load_model(
         cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length,
         trust_remote_code=cfg.trust_remote_code,
@@ -139,13 +162,20 @@ def _sample(cfg, settings, todo, done, samples_path, n_problems, progress) -> No
 
     with quiet_stdout():
         FastLanguageModel.for_inference(model)
+    return (lambda prompts, s, seed: sample_completions(model, tokenizer, prompts, s, seed)), tokenizer
+
+
+def _sample(cfg, backend, settings, todo, done, samples_path, n_problems, progress) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    sample, tokenizer = _load_sampler(cfg, backend)
     columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
     start, n_samples = time.monotonic(), 0
     with Progress(*columns, disable=not progress, transient=False, console=_stderr_console()) as bar:
         task = bar.add_task("sampling", total=n_problems, completed=len(done), rate="")
         for index, chunk in todo:
             prompts = [build_prompt(tokenizer, p, cfg.instruction) for p in chunk]
-            completions = sample_completions(model, tokenizer, prompts, settings, chunk_seed(cfg.seed, index))
+            completions = sample(prompts, settings, chunk_seed(cfg.seed, index))
             rows = [make_record(p, c) for p, c in zip(chunk, completions) if p.id not in done]
             append_jsonl(samples_path, rows)
             done.update(p.id for p in chunk)

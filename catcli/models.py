@@ -232,6 +232,28 @@ def load_model(
     return model, tokenizer
 
 
+def load_for_vllm(spec: str, *, load_in_4bit: bool = True, max_seq_length: int = 1024, max_lora_rank: int = 64):
+    """Load through Unsloth's vLLM engine (`fast_inference`, CUDA only); returns (model, tokenizer, lora_request).
+
+    An adapter is served as a vLLM LoRA request on top of its base rather than merged.
+    """
+    resolved = resolve_model(spec)
+    import_unsloth()
+    from unsloth import FastLanguageModel
+
+    try:
+        with quiet_stdout():
+            model, tokenizer = FastLanguageModel.from_pretrained(
+                resolved.base, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
+                fast_inference=True, max_lora_rank=max_lora_rank, use_safetensors=True,
+            )
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"cannot load model {spec!r} with vLLM ({first})") from None
+    lora_request = model.load_lora(str(resolved.adapter)) if resolved.adapter is not None else None
+    return model, tokenizer, lora_request
+
+
 def save_adapter(model, tokenizer, out: Path, base_spec: str) -> None:
     """Write the LoRA adapter (PEFT format) plus the record of its base, atomically."""
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -63,6 +63,17 @@ def sample_completions(model, tokenizer, prompts: list[str], settings: SamplingS
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
+def sample_completions_vllm(model, prompts: list[str], settings: SamplingSettings, seed: int,
+                            lora_request=None) -> list[list[str]]:
+    """The same contract as `sample_completions`, through Unsloth's vLLM engine (GPU only)."""
+    from vllm import SamplingParams
+
+    params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
+                            max_tokens=settings.max_new_tokens, seed=seed)
+    outputs = model.fast_generate(prompts, sampling_params=params, lora_request=lora_request, use_tqdm=False)
+    return [[c.text for c in o.outputs] for o in outputs]
+
+
 def make_record(problem: Problem, completions: list[str]) -> dict:
     g = grade_completions(problem.answer, completions)
     return {

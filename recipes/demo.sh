@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
-# The main job on the embedded defaults, CPU-sized (a few minutes on 2 cores):
-# the CAT weights the trainers will use, then a pass@k / maj@k scaling curve of the embedded
-# SmolLM2-135M on held-apart arithmetic. Re-running continues where it stopped.
+# The main job on the embedded defaults (recipes/demo.toml): CAT SFT, then pass@k / maj@k of
+# the base and the tuned model on held-apart problems, their paired difference, one plot.
+# Stops at the first failure; re-running skips finished stages and resumes a broken one.
 set -euo pipefail
+cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/demo}
+RECIPE=recipes/demo.toml
 mkdir -p "$OUT"
 
-echo "== CAT weights for maj@4 (what 'catcli sft --strategy maj@4' multiplies into CE)" >&2
-catcli weights --strategy maj@4 --p 0.01,0.1,0.3,0.5,0.7,0.9,0.99 --plot "$OUT/weights_maj4.png"
+source recipes/lib.sh
 
-echo "== pass@k / maj@k of the base model on arith levels 1-3 (test split)" >&2
-resume=()
-[ -s "$OUT/base/run.json" ] && resume=(--resume)
-catcli eval --model smollm2-135m --data arith --split test --levels 1-3 --limit 12 \
-    --n 16 --k 1,4,16 --max-new-tokens 64 --batch-size 6 --out "$OUT/base" "${resume[@]}"
+echo "== 1/4 CAT SFT (pass@4, answer targets) of SmolLM2-135M on arith level 1" >&2
+stage "$OUT/sft" adapter/adapter_config.json catcli sft --recipe "$RECIPE"
 
-echo "== curves: $OUT/base/curves.png, samples: $OUT/base/samples.jsonl" >&2
+echo "== 2/4 eval of the base model" >&2
+stage "$OUT/base" eval.json catcli eval --recipe "$RECIPE" --model smollm2-135m
+
+echo "== 3/4 eval of the tuned model" >&2
+stage "$OUT/tuned" eval.json catcli eval --recipe "$RECIPE" --model "$OUT/sft"
+
+echo "== 4/4 tuned - base, paired over the same problems" >&2
+catcli plot "$OUT/base" "$OUT/tuned" -o "$OUT/curves.png"
+catcli compare "$OUT/base" "$OUT/tuned" --k 1,4,16
+echo "== curves: $OUT/curves.png" >&2

@@ -211,7 +211,43 @@ def test_unknown_model_is_one_line_exit_4(tmp_path):
     assert "Traceback" not in r.stderr
 
 
-def test_sft_and_rl_say_they_are_not_here_yet(capsys):
-    for cmd in ("sft", "rl"):
-        code, _, err = call(capsys, cmd, "--strategy", "maj@4")
-        assert code == 1 and "not in this version yet" in err
+def test_rl_says_it_is_not_here_yet(capsys):
+    code, _, err = call(capsys, "rl", "--strategy", "maj@4")
+    assert code == 1 and "not in this version yet" in err
+
+
+def test_bad_backend_and_unknown_model_touch_no_output(capsys, tmp_path):
+    out = tmp_path / "o"
+    code, _, err = call(capsys, "eval", "--data", "arith", "--backend", "tpu", "--out", str(out))
+    assert code == 2 and "--backend must be one of auto, hf, vllm" in err
+    code, _, err = call(capsys, "eval", "--data", "arith", "--model", "nope", "--out", str(out))
+    assert code == 4 and "unknown model" in err
+    code, _, err = call(capsys, "sft", "--data", "arith", "--model", "nope", "--out", str(out))
+    assert code == 4 and "unknown model" in err
+    assert not out.exists()
+
+
+def test_vllm_backend_without_gpu_is_a_usage_error(capsys, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = tmp_path / "o"
+    code, _, err = call(capsys, "eval", "--data", "arith", "--backend", "vllm", "--out", str(out))
+    assert code == 2 and "--backend vllm needs a CUDA GPU" in err and not out.exists()
+
+
+SFT_BAD = [
+    (["sft", "--strategy", "maj@4:k=9", "--data", "arith"], "k must be in 1..4"),
+    (["sft", "--target", "essay", "--data", "arith"], "--target must be one of answer, solution"),
+    (["sft", "--reduction", "batch", "--data", "arith"], "--reduction must be one of"),
+    (["sft", "--max-steps", "0", "--data", "arith"], "--max-steps must be at least 1"),
+    (["sft", "--lr", "-1", "--data", "arith"], "--lr must be positive"),
+    (["sft", "--report-to", "mlflow", "--data", "arith"], "--report-to must be one of"),
+]
+
+
+@pytest.mark.parametrize("argv,fragment", SFT_BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_sft_bad_flags(capsys, argv, fragment):
+    code, out, err = call(capsys, *argv, "--dry-run")
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1

@@ -74,3 +74,13 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli(*EVAL, "--limit", "2", "--n", "2", "--k", "1,2", "--seed", "5", "--out", str(out), "--resume")
     assert r.returncode == 2 and "different seed" in r.stderr
+
+
+@pytest.mark.gpu
+def test_vllm_backend_matches_the_samples_contract(tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "run"
+    r = run_cli(*EVAL, "--limit", "4", "--n", "4", "--k", "1,4", "--backend", "vllm", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and all(len(row["completions"]) == 4 for row in rows)

@@ -23,7 +23,15 @@ from catcli import config as cfgmod
 from catcli import objectives
 from catcli.data import load_problems, parse_levels, select
 from catcli.errors import UsageError
-from catcli.models import LoraSettings, base_spec, import_unsloth, load_model, save_adapter, seed_everything
+from catcli.models import (
+    LoraSettings,
+    base_spec,
+    import_unsloth,
+    load_model,
+    resolve_model,
+    save_adapter,
+    seed_everything,
+)
 from catcli.prompts import DEFAULT_INSTRUCTION, build_target, user_message
 from catcli.rundir import prepare_out, provenance, read_jsonl, write_atomic, write_json
 
@@ -185,6 +193,8 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     """Train, checkpointing every save_steps; writes OUT/adapter, train_log.jsonl, run.json."""
     strategy = cfg.validate()
     dataset, problems = build_dataset(cfg)
+    model_spec = cfg.init_adapter or cfg.model
+    resolve_model(model_spec)  # an unknown model fails here, before --out is touched
     out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     ckpt_dir = out / "checkpoints"
     resume_from = _last_checkpoint(ckpt_dir) if cfg.resume else None
@@ -200,7 +210,6 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     trainer_cls = _cat_sft_trainer_class()
     from trl import SFTConfig
 
-    model_spec = cfg.init_adapter or cfg.model
     lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     model, tokenizer = load_model(
         model_spec, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_length, lora=lora,

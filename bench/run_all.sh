@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# make bench: every benchmark in full mode; one JSON object each, saved under bench/results/.
+# Pass --quick to smoke-test them in seconds (what CI does through tests/test_bench.py).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mkdir -p bench/results
+for name in grading sft_overhead eval_throughput; do
+    echo "== bench/$name.py $*" >&2
+    python "bench/$name.py" "$@" | tee "bench/results/$name.json.tmp"
+    mv "bench/results/$name.json.tmp" "bench/results/$name.json"
+done

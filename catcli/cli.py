@@ -102,14 +102,11 @@ def data_show(
     """Count problems per level and subject after filtering."""
     from collections import Counter
 
-    from catcli.data import load_problems, parse_levels, select
+    from catcli.data import load_selection
 
     source = data or "math"
-    probs = select(
-        load_problems(source, split or "train", seed or 0),
-        levels=parse_levels(levels or "1-3"), subjects=list(_subjects(subjects) or ()),
-        limit=limit, seed=seed or 0, source=source,
-    )
+    probs = load_selection(source, split or "train", levels=levels or "1-3", subjects=_subjects(subjects) or (),
+                           limit=limit, seed=seed or 0)
     by_level = Counter(p.level for p in probs)
     by_subject = Counter(p.subject for p in probs)
     result = {
@@ -358,6 +355,7 @@ def sft(
     strategy: Annotated[Optional[str], typer.Option("--strategy", help="ce | pass@N | maj@N[:k=K|:frac=F] | bon@N. [default: ce]")] = None,
     target: Annotated[Optional[str], typer.Option("--target", help="answer (boxed answer only) | solution. [default: answer]")] = None,
     reduction: Annotated[Optional[str], typer.Option("--reduction", help="sequence | token. [default: sequence for answer, token for solution]")] = None,
+    hybrid: Annotated[Optional[bool], typer.Option("--hybrid", help="Pairwise-contrastive hybrid loss (0.5 CE + 0.5 pairwise, paper appendix).")] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps; overrides --epochs.")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="[default: 5e-6, the paper's]")] = None,
@@ -371,6 +369,7 @@ def sft(
     load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")] = None,
     init_adapter: Annotated[Optional[str], typer.Option("--init-adapter", help="Continue from this adapter (e.g. a CE warm-up run).")] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")] = None,
+    save_merged: Annotated[Optional[bool], typer.Option("--save-merged", help="Also write OUT/merged: the adapter merged into a 16-bit base.")] = None,
     instruction: Annotated[Optional[str], typer.Option("--instruction")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/sft]")] = None,
@@ -386,10 +385,10 @@ def sft(
 
     flags = dict(
         model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
-        strategy=strategy, target=target, reduction=reduction, epochs=epochs, max_steps=max_steps, lr=lr,
+        strategy=strategy, target=target, reduction=reduction, hybrid=hybrid, epochs=epochs, max_steps=max_steps, lr=lr,
         batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
         lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_subjects(lora_targets), load_in_4bit=load_in_4bit,
-        init_adapter=init_adapter, report_to=report_to, instruction=instruction,
+        init_adapter=init_adapter, report_to=report_to, save_merged=save_merged, instruction=instruction,
         trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
     )
     cfg = with_defaults_for_target(config.resolve(SFTRunConfig, "sft", config.load_recipe(recipe), flags))
@@ -406,10 +405,66 @@ def sft(
         typer.echo(f"wrote {cfg.out}/adapter, train_log.jsonl, run.json ({result['global_step']} steps)", err=True)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
-def rl():
-    """GRPO with CAT advantage weights (not in this version yet)."""
-    raise CatError("catcli rl is not in this version yet; `catcli weights` shows the RL weights it will use")
+@app.command()
+def rl(
+    model: ModelOpt = None,
+    data: DataOpt = None,
+    split: SplitOpt = None,
+    levels: LevelsOpt = None,
+    subjects: SubjectsOpt = None,
+    limit: LimitOpt = None,
+    seed: SeedOpt = None,
+    strategy: Annotated[Optional[str], typer.Option("--strategy", help="grpo (vanilla) | pass@N | maj@N[:k=K] | bon@N. [default: grpo]")] = None,
+    form: Annotated[Optional[str], typer.Option("--form", help="raw (S'(p)) | log (w_SFT). [default: raw]")] = None,
+    num_generations: Annotated[Optional[int], typer.Option("--num-generations", help="M, rollouts per prompt. [default: 8]")] = None,
+    prompts_per_step: Annotated[Optional[int], typer.Option("--prompts-per-step", help="[default: 4]")] = None,
+    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="[default: 100]")] = None,
+    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")] = None,
+    temperature: Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")] = None,
+    top_p: Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")] = None,
+    beta: Annotated[Optional[float], typer.Option("--beta", help="KL coefficient (not CAT-weighted). [default: 0]")] = None,
+    lr: Annotated[Optional[float], typer.Option("--lr", help="[default: 1e-6]")] = None,
+    loss_type: Annotated[Optional[str], typer.Option("--loss-type", help="dr_grpo (the paper's) | dapo | grpo | bnpo")] = None,
+    lora_r: Annotated[Optional[int], typer.Option("--lora-r")] = None,
+    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha")] = None,
+    lora_targets: Annotated[Optional[str], typer.Option("--lora-targets")] = None,
+    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit")] = None,
+    init_adapter: Annotated[Optional[str], typer.Option("--init-adapter", help="Start from this adapter (an SFT warm-up).")] = None,
+    save_steps: Annotated[Optional[int], typer.Option("--save-steps")] = None,
+    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")] = None,
+    instruction: Annotated[Optional[str], typer.Option("--instruction")] = None,
+    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/rl]")] = None,
+    resume: Annotated[Optional[bool], typer.Option("--resume")] = None,
+    overwrite: Annotated[Optional[bool], typer.Option("--overwrite")] = None,
+    recipe: RecipeOpt = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
+    as_json: JsonOpt = False,
+):
+    """GRPO with CAT advantage weights: rollouts graded for correctness, advantages x w_RL."""
+    from catcli import config
+    from catcli.trainers.rl import RLRunConfig, run_rl
+
+    flags = dict(
+        model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
+        strategy=strategy, form=form, num_generations=num_generations, prompts_per_step=prompts_per_step,
+        max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, beta=beta,
+        lr=lr, loss_type=loss_type, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_subjects(lora_targets),
+        load_in_4bit=load_in_4bit, init_adapter=init_adapter, save_steps=save_steps, report_to=report_to,
+        instruction=instruction, trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
+    )
+    cfg = config.resolve(RLRunConfig, "rl", config.load_recipe(recipe), flags)
+    cfg.validate()
+    if dry_run:
+        _emit_json({"rl": config.to_dict(cfg)})
+        return
+    typer.echo(f"effective batch: {cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts per process; "
+               f"strategy {cfg.strategy} ({cfg.form}), loss {cfg.loss_type}", err=True)
+    result = run_rl(cfg, progress=not as_json)
+    if as_json:
+        _emit_json(result)
+    else:
+        typer.echo(f"wrote {cfg.out}/adapter, train_log.jsonl, run.json ({result['global_step']} steps)", err=True)
 
 
 # ---------------------------------------------------------------- entry point

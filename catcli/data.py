@@ -299,3 +299,15 @@ def load_problems(source: str, split: str = "train", seed: int = 0) -> list[Prob
     if path.suffix == "" and not path.exists():
         raise DataError(f"unknown data source {source!r}: use math, arith, or a .jsonl/.json/.parquet path")
     return load_file(path)
+
+
+def load_selection(
+    source: str, split: str, *, levels: str | None, subjects: Iterable[str] = (), limit: int | None = None,
+    seed: int = 0,
+) -> list[Problem]:
+    """load_problems + select, from the flag values every command shares (`--levels 1-3` etc.)."""
+    return select(
+        load_problems(source, split, seed),
+        levels=parse_levels(levels) if levels else None, subjects=list(subjects), limit=limit, seed=seed,
+        source=source,
+    )

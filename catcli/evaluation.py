@@ -18,7 +18,7 @@ from typing import Literal
 
 from catcli import config as cfgmod
 from catcli.curves import curves_csv, plot_curves, summarise
-from catcli.data import fingerprint, load_problems, parse_levels, select
+from catcli.data import fingerprint, load_selection
 from catcli.errors import UsageError
 from catcli.models import resolve_model
 from catcli.prompts import DEFAULT_INSTRUCTION, build_prompt
@@ -93,12 +93,9 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
 def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     """Run the whole evaluation; returns the eval.json object. Interrupted runs resume."""
     cfg.validate()
-    levels = parse_levels(cfg.levels) if cfg.levels else None
     source = cfg.data
-    problems = select(
-        load_problems(source, cfg.split, cfg.seed),
-        levels=levels, subjects=list(cfg.subjects), limit=cfg.limit, seed=cfg.seed, source=source,
-    )
+    problems = load_selection(source, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit,
+                              seed=cfg.seed)
     backend = resolve_backend(cfg.backend)
     resolve_model(cfg.model)  # an unknown model fails here, before --out is touched
     out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)

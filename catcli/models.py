@@ -267,3 +267,26 @@ def save_adapter(model, tokenizer, out: Path, base_spec: str) -> None:
         os.replace(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_merged(adapter: Path, out: Path) -> None:
+    """Merge a LoRA adapter into its base in 16 bit and save a plain checkpoint, atomically.
+
+    The base is reloaded unquantised: merging into 4-bit weights would round the update away
+    (and Unsloth's CPU backend refuses it).
+    """
+    import torch
+
+    model, tokenizer = load_model(str(adapter), load_in_4bit=False)
+    merged = model.merge_and_unload()
+    merged = merged.to(torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

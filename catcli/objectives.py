@@ -202,6 +202,16 @@ def sft_loss(strategy: Strategy, log_p: Tensor) -> Tensor:
     return -log_success(strategy, log_p)
 
 
+def pairwise_token_loss(gold_logit: Tensor, rival_logits: Tensor) -> Tensor:
+    """Pairwise-contrastive token loss mean_j[-log sigmoid(z_gold - z_rival_j)] (cat-spec §5).
+
+    gold_logit (T,), rival_logits (T, K): logits of the gold token and of K rival tokens drawn
+    from the model's softmax with the gold token masked. Returns (T,).
+    """
+    margin = gold_logit.unsqueeze(-1) - rival_logits
+    return -torch.nn.functional.logsigmoid(margin).mean(-1)
+
+
 # ---------------------------------------------------------------- weights (Table 1)
 
 

@@ -106,6 +106,24 @@ def drop_torn_tail(path: Path) -> None:
             f.truncate(cut)
 
 
+def resume_checkpoint(out: Path) -> Path | None:
+    """The last complete Trainer checkpoint under OUT/checkpoints, or None.
+
+    Lines of OUT/train_log.jsonl past that checkpoint's step are dropped: the resumed run logs
+    those steps again.
+    """
+    done = [p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    if not done:
+        return None
+    last = max(done, key=lambda p: int(p.name.split("-")[-1]))
+    log = out / "train_log.jsonl"
+    if log.exists():
+        step = json.loads((last / "trainer_state.json").read_text())["global_step"]
+        keep = [r for r in read_jsonl(log) if r["step"] <= step]
+        write_atomic(log, "".join(json.dumps(r) + "\n" for r in keep))
+    return last
+
+
 def provenance() -> dict:
     """Library versions, git commit and machine: what is needed to rerun a result."""
     import importlib.metadata as md

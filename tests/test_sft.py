@@ -19,7 +19,7 @@ from conftest import ROOT, run_cli
 pytestmark = pytest.mark.slow
 
 
-def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str, str]]):
+def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str, str]], hybrid: bool = False):
     from catcli.models import embedded_checkpoint
     from catcli.trainers.sft import _cat_sft_trainer_class
 
@@ -39,7 +39,7 @@ def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str,
     args = SFTConfig(output_dir=str(tmp_path / "ck"), per_device_train_batch_size=len(rows), max_steps=1,
                      report_to=[], disable_tqdm=True, completion_only_loss=True, dataset_num_proc=None)
     trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok,
-                          strategy=parse_strategy(strategy), reduction=reduction)
+                          strategy=parse_strategy(strategy), reduction=reduction, hybrid=hybrid)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     return trainer, model, batch
 
@@ -100,10 +100,57 @@ def test_pass_n_scales_each_sample_gradient_by_its_w_sft(tmp_path):
     assert 0 < min(ws) < 0.9 * max(ws) <= 1.0  # different p, visibly different weights
 
 
+def test_pairwise_token_loss_formula():
+    import math
+
+    gold = torch.tensor([2.0, -1.0], dtype=torch.float64)
+    rivals = torch.tensor([[1.0, 3.0], [0.0, -4.0]], dtype=torch.float64)
+    got = objectives.pairwise_token_loss(gold, rivals)
+    want = [sum(math.log1p(math.exp(-(g - r))) for r in row) / 2 for g, row in zip(gold.tolist(), rivals.tolist())]
+    torch.testing.assert_close(got, torch.tensor(want, dtype=torch.float64))
+
+
+def test_rivals_never_pick_the_gold_token():
+    from catcli.trainers.sft import sample_rivals
+
+    logits = torch.tensor([[5.0, 0.0, 0.0], [0.0, 9.0, 0.0]])
+    rivals = sample_rivals(logits.repeat(200, 1), torch.tensor([0, 1]).repeat(200), k=4)
+    assert (rivals[0::2] != 0).all() and (rivals[1::2] != 1).all()
+
+
+@pytest.mark.parametrize("strategy", ["ce", "pass@4"])
+def test_hybrid_loss_is_w_sft_times_half_ce_half_pairwise_token_mean(tmp_path, strategy):
+    from catcli.trainers.sft import sample_rivals
+
+    trainer, model, batch = _tiny_trainer(tmp_path, strategy, "token", ROWS, hybrid=True)
+    n_tokens = (batch["labels"][:, 1:] != -100).sum()
+    torch.manual_seed(1)
+    loss = trainer.compute_loss(model, dict(batch), num_items_in_batch=n_tokens)
+    torch.manual_seed(1)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    rivals = sample_rivals(logits[mask], labels[mask])  # the same draws as the trainer's
+    total, r = 0.0, 0
+    for b in range(labels.shape[0]):
+        seq_log_p, seq_hybrid = 0.0, 0.0
+        for t in range(labels.shape[1]):
+            if not mask[b, t]:
+                continue
+            z, g = logits[b, t].double(), labels[b, t]
+            logp = torch.log_softmax(z, -1)[g]
+            pair = torch.nn.functional.softplus(-(z[g] - z[rivals[r]])).mean()
+            seq_hybrid += 0.5 * -logp + 0.5 * pair
+            seq_log_p += logp
+            r += 1
+        total += objectives.w_sft(parse_strategy(strategy), torch.tensor(seq_log_p.item())) * seq_hybrid
+    torch.testing.assert_close(loss.double(), (total / n_tokens).double().reshape(()), rtol=1e-4, atol=1e-5)
+
+
 def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     out = tmp_path / "sft"
     args = ["sft", "--model", "smollm2-135m", "--data", "arith", "--strategy", "pass@4", "--max-steps", "4",
-            "--batch-size", "2", "--grad-accum", "1", "--save-steps", "1", "--lr", "1e-4", "--out", str(out)]
+            "--batch-size", "2", "--grad-accum", "1", "--save-steps", "1", "--lr", "1e-4", "--out", str(out), "--save-merged"]
     proc = subprocess.Popen([sys.executable, "-m", "catcli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 900
@@ -127,6 +174,12 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     assert run["global_step"] == 4 and run["strategy"] == "pass@4"
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter" / "catcli_base.json").read_text())["model"] == "smollm2-135m"
+
+    from catcli.models import resolve_model
+
+    merged = out / "merged"
+    assert (merged / "model.safetensors").exists() and resolve_model(str(merged)).base == str(merged)
+    assert resolve_model(str(merged)).adapter is None  # a plain checkpoint, usable without catcli
 
     ev = run_cli("eval", "--model", str(out), "--data", "arith", "--limit", "2", "--n", "2", "--k", "1,2",
                  "--max-new-tokens", "8", "--out", str(tmp_path / "ev"), "--json")

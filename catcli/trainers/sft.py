@@ -8,6 +8,11 @@ sequence, whose gradient is w_SFT(p) * grad(-log p). With `ce` this is plain sum
 Reduction over the whole accumulated batch, so gradient accumulation stays exact:
   sequence   sum_i -log S(p_i) / #sequences     (answer targets; the paper's pass@N runs)
   token      sum_i -log S(p_i) / #target tokens  (solution targets; the paper's maj runs)
+
+`--hybrid` (cat-spec §5) swaps each sequence's -log p for its summed hybrid token loss
+0.5 CE_t + 0.5 pairwise_t (K = 4 rivals per position) and scales it by the detached w_SFT(p_i),
+so with `ce` it is exactly the paper's hybrid and with a strategy it is CAT-weighted the same
+way CE is. It needs the full logits, so it skips the fused LM head.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Literal
 
 from catcli import config as cfgmod
 from catcli import objectives
-from catcli.data import load_problems, parse_levels, select
+from catcli.data import load_selection
 from catcli.errors import UsageError
 from catcli.models import (
     LoraSettings,
@@ -30,10 +35,11 @@ from catcli.models import (
     load_model,
     resolve_model,
     save_adapter,
+    save_merged,
     seed_everything,
 )
 from catcli.prompts import DEFAULT_INSTRUCTION, build_target, user_message
-from catcli.rundir import prepare_out, provenance, read_jsonl, write_atomic, write_json
+from catcli.rundir import prepare_out, provenance, resume_checkpoint, write_json
 
 _PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
 
@@ -50,6 +56,7 @@ class SFTRunConfig:
     strategy: str = "ce"
     target: Literal["answer", "solution"] = "answer"
     reduction: Literal["sequence", "token"] | None = None  # None: sequence for answer, token for solution
+    hybrid: bool = False  # pairwise-contrastive hybrid loss (cat-spec §5)
     instruction: str = DEFAULT_INSTRUCTION
     epochs: float = 1.0
     max_steps: int | None = None  # overrides epochs when given
@@ -66,6 +73,7 @@ class SFTRunConfig:
     load_in_4bit: bool = True
     init_adapter: str | None = None  # continue from this adapter (a CE warm-up) instead of a fresh LoRA
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
+    save_merged: bool = False  # also write OUT/merged: the adapter merged into a 16-bit base
     trust_remote_code: bool = False
     out: Path = field(default=Path("runs/sft"))
     resume: bool = False
@@ -73,7 +81,10 @@ class SFTRunConfig:
 
     @property
     def resolved_reduction(self) -> str:
-        return self.reduction or ("sequence" if self.target == "answer" else "token")
+        if self.reduction:
+            return self.reduction
+        # the hybrid loss is a token average by definition (cat-spec §5)
+        return "sequence" if self.target == "answer" and not self.hybrid else "token"
 
     def validate(self) -> objectives.Strategy:
         try:
@@ -92,6 +103,43 @@ class SFTRunConfig:
         return strategy
 
 
+HYBRID_RIVALS = 4
+
+
+def sample_rivals(logits, gold, k: int = HYBRID_RIVALS):
+    """K rival tokens per position from softmax(logits) with the gold token masked, detached.
+
+    logits (N, V), gold (N,) -> (N, K) token ids, drawn with replacement.
+    """
+    import torch
+
+    probs = torch.softmax(logits.detach().float(), -1)
+    probs.scatter_(-1, gold.unsqueeze(-1), 0.0)
+    return torch.multinomial(probs, k, replacement=True)
+
+
+def hybrid_sequence_losses(logits, labels):
+    """Per-sequence sums of 0.5 CE_t + 0.5 pairwise_t over target tokens, and log p; float64.
+
+    logits (B, T, V), labels (B, T) with -100 on prompt and padding (unshifted, as HF passes).
+    """
+    import torch
+
+    logits, labels = logits[:, :-1], labels[:, 1:]
+    mask = labels != -100
+    z = logits[mask].float()  # (N, V) target positions only
+    gold = labels[mask]
+    log_probs = torch.log_softmax(z, -1).gather(-1, gold.unsqueeze(-1)).squeeze(-1)
+    rivals = sample_rivals(z, gold)
+    pair = objectives.pairwise_token_loss(z.gather(-1, gold.unsqueeze(-1)).squeeze(-1), z.gather(-1, rivals))
+    per_token = 0.5 * -log_probs + 0.5 * pair
+    seq_of = torch.arange(labels.shape[0], device=labels.device).unsqueeze(-1).expand_as(labels)[mask]
+    zeros = torch.zeros(labels.shape[0], dtype=torch.float64, device=labels.device)
+    hybrid = zeros.index_add(0, seq_of, per_token.double())
+    seq_log_p = zeros.index_add(0, seq_of, log_probs.double())
+    return hybrid, seq_log_p
+
+
 def _cat_sft_trainer_class():
     """Defined after `import unsloth`, which rewrites TRL's trainer classes on import."""
     import_unsloth()
@@ -104,19 +152,28 @@ def _cat_sft_trainer_class():
         _tag_names = ["trl", "sft", "catcli", "compute-aligned-training"]
         _paper = _PAPER
 
-        def __init__(self, *args, strategy: objectives.Strategy, reduction: str, **kwargs):
+        def __init__(self, *args, strategy: objectives.Strategy, reduction: str, hybrid: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
             self.strategy = strategy
             self.reduction = reduction
+            self.hybrid = hybrid
             self.cat_window: list[tuple[torch.Tensor, torch.Tensor]] = []  # (w_SFT, log p) per micro-batch
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            outputs = model(**inputs, use_cache=False, fused_lm_head=True)
-            # float64 sum: a long solution's log p can reach -1e3 and must not lose its tail
-            seq_log_p = outputs.log_probs.to(torch.float64).sum(-1)
-            per_seq = objectives.sft_loss(self.strategy, seq_log_p)
+            if self.hybrid:
+                labels = inputs["labels"]
+                outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
+                hybrid, seq_log_p = hybrid_sequence_losses(outputs.logits, labels)
+                per_seq = objectives.w_sft(self.strategy, seq_log_p) * hybrid
+                label_count = (labels[:, 1:] != -100).sum()
+            else:
+                outputs = model(**inputs, use_cache=False, fused_lm_head=True)
+                # float64 sum: a long solution's log p can reach -1e3 and must not lose its tail
+                seq_log_p = outputs.log_probs.to(torch.float64).sum(-1)
+                per_seq = objectives.sft_loss(self.strategy, seq_log_p)
+                label_count = outputs.label_mask.sum()
             if self.reduction == "token":
-                n_tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+                n_tokens = label_count if num_items_in_batch is None else num_items_in_batch
                 loss = per_seq.sum() / torch.as_tensor(n_tokens, dtype=torch.float64).clamp(min=1)
                 if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                     loss = loss * self.accelerator.num_processes  # DDP averages; the count spans all ranks
@@ -165,20 +222,12 @@ def _train_log_callback(path: Path, trainer_ref: list):
     return TrainLog()
 
 
-def _last_checkpoint(ckpt_dir: Path) -> Path | None:
-    done = [p for p in ckpt_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
-
-
 def build_dataset(cfg: SFTRunConfig):
     """Prompt-completion conversations: TRL applies the chat template and masks the prompt."""
     from datasets import Dataset
 
-    problems = select(
-        load_problems(cfg.data, cfg.split, cfg.seed),
-        levels=parse_levels(cfg.levels) if cfg.levels else None,
-        subjects=list(cfg.subjects), limit=cfg.limit, seed=cfg.seed, source=cfg.data,
-    )
+    problems = load_selection(cfg.data, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit,
+                              seed=cfg.seed)
     rows = [
         {
             "prompt": [{"role": "user", "content": user_message(p, cfg.instruction)}],
@@ -197,13 +246,8 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     resolve_model(model_spec)  # an unknown model fails here, before --out is touched
     out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     ckpt_dir = out / "checkpoints"
-    resume_from = _last_checkpoint(ckpt_dir) if cfg.resume else None
+    resume_from = resume_checkpoint(out) if cfg.resume else None
     log_path = out / "train_log.jsonl"
-    if resume_from is not None and log_path.exists():
-        # lines past the checkpoint will be logged again by the resumed run
-        step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-        keep = [r for r in read_jsonl(log_path) if r["step"] <= step]
-        write_atomic(log_path, "".join(json.dumps(r) + "\n" for r in keep))
     seed = seed_everything(cfg.seed)
     os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # Unsloth on GPU returns no logits in training otherwise
 
@@ -239,7 +283,7 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     trainer_ref: list = []
     trainer = trainer_cls(
         model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        strategy=strategy, reduction=cfg.resolved_reduction,
+        strategy=strategy, reduction=cfg.resolved_reduction, hybrid=cfg.hybrid,
         callbacks=[_train_log_callback(log_path, trainer_ref)],
     )
     trainer_ref.append(trainer)
@@ -251,6 +295,8 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     if trainer.is_world_process_zero():
         save_adapter(trainer.model, tokenizer, out / "adapter", base_spec(model_spec))
+        if cfg.save_merged:
+            save_merged(out / "adapter", out / "merged")
         run = {**run, "global_step": trainer.state.global_step}
         write_json(out / "run.json", run)
     return run

@@ -51,12 +51,23 @@ def main() -> None:
     naive_s = time.perf_counter() - start
 
     total = args.problems * args.n
-    print(json.dumps({
-        "bench": "eval_throughput", "problems": args.problems, "n": args.n, "batch_size": args.batch_size,
-        "max_new_tokens": args.max_new_tokens, "catcli_samples_per_s": total / catcli_s,
-        "naive_samples_per_s": total / naive_s, "speedup": naive_s / catcli_s, "target_speedup": 3.0,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores", "quick": args.quick,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "eval_throughput",
+                "problems": args.problems,
+                "n": args.n,
+                "batch_size": args.batch_size,
+                "max_new_tokens": args.max_new_tokens,
+                "catcli_samples_per_s": total / catcli_s,
+                "naive_samples_per_s": total / naive_s,
+                "speedup": naive_s / catcli_s,
+                "target_speedup": 3.0,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "quick": args.quick,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -51,8 +51,13 @@ def main() -> None:
 
     # 64 samples per problem whose answers repeat, as sampled completions do
     problems = rng.sample(rows, 10 if args.quick else 50)
-    pools = [(p["answer"], [f"so the answer is $\\boxed{{{rng.choice(rows[:40])['answer'] if rng.random() < 0.5 else p['answer']}}}$"
-                            for _ in range(64)]) for p in problems]
+    distractors = [r["answer"] for r in rows[:40]]
+
+    def completion(gold: str) -> str:
+        answer = rng.choice(distractors) if rng.random() < 0.5 else gold
+        return f"so the answer is $\\boxed{{{answer}}}$"
+
+    pools = [(p["answer"], [completion(p["answer"]) for _ in range(64)]) for p in problems]
     n_answers = sum(len(c) for _, c in pools)
     _clear_caches()
     start = time.perf_counter()
@@ -63,12 +68,22 @@ def main() -> None:
     for gold, comps in pools:
         grading.grade_completions(gold, comps)
     warm_s = time.perf_counter() - start
-    print(json.dumps({
-        "bench": "grading", "records": len(rows), "own_correct": own, "own_s": own_s,
-        "cross_wrong": wrong / len(rows), "cross_s": cross_s,
-        "answers_per_s_cold_cache": n_answers / cold_s, "answers_per_s_warm_cache": n_answers / warm_s,
-        "target_answers_per_s": 2000, "quick": args.quick,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "grading",
+                "records": len(rows),
+                "own_correct": own,
+                "own_s": own_s,
+                "cross_wrong": wrong / len(rows),
+                "cross_s": cross_s,
+                "answers_per_s_cold_cache": n_answers / cold_s,
+                "answers_per_s_warm_cache": n_answers / warm_s,
+                "target_answers_per_s": 2000,
+                "quick": args.quick,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

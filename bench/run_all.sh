@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p bench/results
-for name in grading sft_overhead eval_throughput; do
+for name in grading sft_overhead rl_overhead eval_throughput; do
     echo "== bench/$name.py $*" >&2
     python "bench/$name.py" "$@" | tee "bench/results/$name.json.tmp"
     mv "bench/results/$name.json.tmp" "bench/results/$name.json"

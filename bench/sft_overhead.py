@@ -41,10 +41,23 @@ def main() -> None:
     cfg = SFTRunConfig(data="arith", levels="1-3", target=args.target, limit=64)
     dataset, _ = build_dataset(cfg)
     model, tok = load_model("smollm2-135m", lora=LoraSettings(r=16, alpha=16))
-    targs = SFTConfig(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=batch_size, max_steps=1,
-                      report_to=[], disable_tqdm=True, completion_only_loss=True, dataset_num_proc=None)
-    trainer = trainer_cls(model=model, args=targs, train_dataset=dataset, processing_class=tok,
-                          strategy=parse_strategy("ce"), reduction="sequence")
+    targs = SFTConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=batch_size,
+        max_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        completion_only_loss=True,
+        dataset_num_proc=None,
+    )
+    trainer = trainer_cls(
+        model=model,
+        args=targs,
+        train_dataset=dataset,
+        processing_class=tok,
+        strategy=parse_strategy("ce"),
+        reduction="sequence",
+    )
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop, which we bypass
     strategies = {"ce": parse_strategy("ce"), "cat": parse_strategy(args.strategy)}
@@ -64,13 +77,23 @@ def main() -> None:
         for name in t:
             times[name].append(t[name])
         ratios.append(t["cat"] / t["ce"])
-    print(json.dumps({
-        "bench": "sft_overhead", "strategy": args.strategy, "target": args.target, "pairs": pairs,
-        "batch_size": batch_size, "ce_step_s": statistics.median(times["ce"]),
-        "cat_step_s": statistics.median(times["cat"]), "ratio_median": statistics.median(ratios),
-        "target_ratio": 1.02, "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "quick": args.quick,
-    }))
+    print(
+        json.dumps(
+            {
+                "bench": "sft_overhead",
+                "strategy": args.strategy,
+                "target": args.target,
+                "pairs": pairs,
+                "batch_size": batch_size,
+                "ce_step_s": statistics.median(times["ce"]),
+                "cat_step_s": statistics.median(times["cat"]),
+                "ratio_median": statistics.median(ratios),
+                "target_ratio": 1.02,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "quick": args.quick,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

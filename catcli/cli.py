@@ -31,13 +31,23 @@ app.add_typer(data_app, name="data")
 
 # ---------------------------------------------------------------- shared options
 
-ModelOpt = Annotated[Optional[str], typer.Option("--model", help="smollm2-135m (embedded), a checkpoint/adapter/run dir, or a hub id. [default: smollm2-135m]")]
-DataOpt = Annotated[Optional[str], typer.Option("--data", help="math (hub), arith (built-in) or a .jsonl/.json/.parquet path. [default: math]")]
+ModelOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--model", help="smollm2-135m (embedded), a checkpoint/adapter/run dir, or a hub id. [default: smollm2-135m]"
+    ),
+]
+DataOpt = Annotated[
+    Optional[str],
+    typer.Option("--data", help="math (hub), arith (built-in) or a .jsonl/.json/.parquet path. [default: math]"),
+]
 SplitOpt = Annotated[Optional[str], typer.Option("--split", help="train | test (math also: math500).")]
 LevelsOpt = Annotated[Optional[str], typer.Option("--levels", help="Levels to keep, e.g. 1-3 or 1,2. [default: 1-3]")]
 SubjectsOpt = Annotated[Optional[str], typer.Option("--subjects", help="Comma-separated subjects to keep.")]
 LimitOpt = Annotated[Optional[int], typer.Option("--limit", help="Keep a seeded random subset of this many problems.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for selection, sampling and bootstrap. [default: 0]")]
+SeedOpt = Annotated[
+    Optional[int], typer.Option("--seed", help="Seed for selection, sampling and bootstrap. [default: 0]")
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe; flags override its values.")]
 KOpt = Annotated[Optional[str], typer.Option("--k", help="Comma-separated k values, e.g. 1,4,16.")]
@@ -51,7 +61,9 @@ def _version(value: bool):
 
 @app.callback()
 def _root(
-    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")] = False,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
 ):
     """Compute Aligned Training from the command line."""
 
@@ -105,8 +117,14 @@ def data_show(
     from catcli.data import load_selection
 
     source = data or "math"
-    probs = load_selection(source, split or "train", levels=levels or "1-3", subjects=_subjects(subjects) or (),
-                           limit=limit, seed=seed or 0)
+    probs = load_selection(
+        source,
+        split or "train",
+        levels=levels or "1-3",
+        subjects=_subjects(subjects) or (),
+        limit=limit,
+        seed=seed or 0,
+    )
     by_level = Counter(p.level for p in probs)
     by_subject = Counter(p.subject for p in probs)
     result = {
@@ -138,7 +156,9 @@ def data_show(
 @app.command()
 def weights(
     strategy: Annotated[str, typer.Option("--strategy", help="ce | pass@N | maj@N[:k=K|:frac=F] | bon@N")],
-    p: Annotated[Optional[str], typer.Option("--p", help="Comma-separated p values in [0, 1]; default a log grid.")] = None,
+    p: Annotated[
+        Optional[str], typer.Option("--p", help="Comma-separated p values in [0, 1]; default a log grid.")
+    ] = None,
     form: Annotated[str, typer.Option("--form", help="RL weight form: raw (S'(p)) or log (w_SFT).")] = "raw",
     as_json: JsonOpt = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of both weight curves.")] = None,
@@ -237,12 +257,23 @@ def eval_cmd(
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Problems per generate call. [default: 8]")] = None,
-    instruction: Annotated[Optional[str], typer.Option("--instruction", help="Appended to each problem; '' for none.")] = None,
-    backend: Annotated[Optional[str], typer.Option("--backend", help="auto | hf | vllm (vllm: Unsloth fast_inference, GPU only). [default: auto]")] = None,
-    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Problems per generate call. [default: 8]")
+    ] = None,
+    instruction: Annotated[
+        Optional[str], typer.Option("--instruction", help="Appended to each problem; '' for none.")
+    ] = None,
+    backend: Annotated[
+        Optional[str],
+        typer.Option("--backend", help="auto | hf | vllm (vllm: Unsloth fast_inference, GPU only). [default: auto]"),
+    ] = None,
+    load_in_4bit: Annotated[
+        Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")
+    ] = None,
     max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length")] = None,
-    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run a hub model's own code.")] = None,
+    trust_remote_code: Annotated[
+        Optional[bool], typer.Option("--trust-remote-code", help="Run a hub model's own code.")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/eval]")] = None,
     resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue an interrupted run in --out.")] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty --out.")] = None,
@@ -257,17 +288,38 @@ def eval_cmd(
     for name, value in (("n", n), ("limit", limit), ("max-new-tokens", max_new_tokens), ("batch-size", batch_size)):
         _check_count(name, value)
     flags = dict(
-        model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
-        k=_ks(k), n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens, batch_size=batch_size,
-        instruction=instruction, backend=backend, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
-        trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
+        model=model,
+        data=data,
+        split=split,
+        levels=levels,
+        subjects=_subjects(subjects),
+        limit=limit,
+        seed=seed,
+        k=_ks(k),
+        n=n,
+        temperature=temperature,
+        top_p=top_p,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        instruction=instruction,
+        backend=backend,
+        load_in_4bit=load_in_4bit,
+        max_seq_length=max_seq_length,
+        trust_remote_code=trust_remote_code,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
     )
     cfg = config.resolve(EvalConfig, "eval", config.load_recipe(recipe), flags)
     result = run_eval(cfg, progress=not as_json)
     if as_json:
         _emit_json(result)
     else:
-        _console().print(metrics_table(result, f"{cfg.model} on {cfg.data}: {result['n_problems']} problems x {cfg.n_samples} samples"))
+        _console().print(
+            metrics_table(
+                result, f"{cfg.model} on {cfg.data}: {result['n_problems']} problems x {cfg.n_samples} samples"
+            )
+        )
         typer.echo(f"wrote {cfg.out}/eval.json, curves.csv, curves.png", err=True)
 
 
@@ -352,28 +404,53 @@ def sft(
     subjects: SubjectsOpt = None,
     limit: LimitOpt = None,
     seed: SeedOpt = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="ce | pass@N | maj@N[:k=K|:frac=F] | bon@N. [default: ce]")] = None,
-    target: Annotated[Optional[str], typer.Option("--target", help="answer (boxed answer only) | solution. [default: answer]")] = None,
-    reduction: Annotated[Optional[str], typer.Option("--reduction", help="sequence | token. [default: sequence for answer, token for solution]")] = None,
-    hybrid: Annotated[Optional[bool], typer.Option("--hybrid", help="Pairwise-contrastive hybrid loss (0.5 CE + 0.5 pairwise, paper appendix).")] = None,
+    strategy: Annotated[
+        Optional[str], typer.Option("--strategy", help="ce | pass@N | maj@N[:k=K|:frac=F] | bon@N. [default: ce]")
+    ] = None,
+    target: Annotated[
+        Optional[str], typer.Option("--target", help="answer (boxed answer only) | solution. [default: answer]")
+    ] = None,
+    reduction: Annotated[
+        Optional[str],
+        typer.Option("--reduction", help="sequence | token. [default: sequence for answer, token for solution]"),
+    ] = None,
+    hybrid: Annotated[
+        Optional[bool],
+        typer.Option("--hybrid", help="Pairwise-contrastive hybrid loss (0.5 CE + 0.5 pairwise, paper appendix)."),
+    ] = None,
     epochs: Annotated[Optional[float], typer.Option("--epochs")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps; overrides --epochs.")] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option("--max-steps", help="Optimizer steps; overrides --epochs.")
+    ] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="[default: 5e-6, the paper's]")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Sequences per micro-batch. [default: 1]")] = None,
+    batch_size: Annotated[
+        Optional[int], typer.Option("--batch-size", help="Sequences per micro-batch. [default: 1]")
+    ] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="[default: 4]")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="[default: 1024]")] = None,
-    save_steps: Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every this many steps. [default: 50]")] = None,
+    save_steps: Annotated[
+        Optional[int], typer.Option("--save-steps", help="Checkpoint every this many steps. [default: 50]")
+    ] = None,
     lora_r: Annotated[Optional[int], typer.Option("--lora-r")] = None,
     lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha")] = None,
     lora_targets: Annotated[Optional[str], typer.Option("--lora-targets", help="Comma-separated module names.")] = None,
-    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")] = None,
-    init_adapter: Annotated[Optional[str], typer.Option("--init-adapter", help="Continue from this adapter (e.g. a CE warm-up run).")] = None,
+    load_in_4bit: Annotated[
+        Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")
+    ] = None,
+    init_adapter: Annotated[
+        Optional[str], typer.Option("--init-adapter", help="Continue from this adapter (e.g. a CE warm-up run).")
+    ] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")] = None,
-    save_merged: Annotated[Optional[bool], typer.Option("--save-merged", help="Also write OUT/merged: the adapter merged into a 16-bit base.")] = None,
+    save_merged: Annotated[
+        Optional[bool],
+        typer.Option("--save-merged", help="Also write OUT/merged: the adapter merged into a 16-bit base."),
+    ] = None,
     instruction: Annotated[Optional[str], typer.Option("--instruction")] = None,
     trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/sft]")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue from the last checkpoint in --out.")] = None,
+    resume: Annotated[
+        Optional[bool], typer.Option("--resume", help="Continue from the last checkpoint in --out.")
+    ] = None,
     overwrite: Annotated[Optional[bool], typer.Option("--overwrite")] = None,
     recipe: RecipeOpt = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
@@ -384,20 +461,47 @@ def sft(
     from catcli.trainers.sft import SFTRunConfig, run_sft, with_defaults_for_target
 
     flags = dict(
-        model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
-        strategy=strategy, target=target, reduction=reduction, hybrid=hybrid, epochs=epochs, max_steps=max_steps, lr=lr,
-        batch_size=batch_size, grad_accum=grad_accum, max_length=max_length, save_steps=save_steps,
-        lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_subjects(lora_targets), load_in_4bit=load_in_4bit,
-        init_adapter=init_adapter, report_to=report_to, save_merged=save_merged, instruction=instruction,
-        trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
+        model=model,
+        data=data,
+        split=split,
+        levels=levels,
+        subjects=_subjects(subjects),
+        limit=limit,
+        seed=seed,
+        strategy=strategy,
+        target=target,
+        reduction=reduction,
+        hybrid=hybrid,
+        epochs=epochs,
+        max_steps=max_steps,
+        lr=lr,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        max_length=max_length,
+        save_steps=save_steps,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_targets=_subjects(lora_targets),
+        load_in_4bit=load_in_4bit,
+        init_adapter=init_adapter,
+        report_to=report_to,
+        save_merged=save_merged,
+        instruction=instruction,
+        trust_remote_code=trust_remote_code,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
     )
     cfg = with_defaults_for_target(config.resolve(SFTRunConfig, "sft", config.load_recipe(recipe), flags))
     cfg.validate()
     if dry_run:
         _emit_json({"sft": config.to_dict(cfg)})
         return
-    typer.echo(f"effective batch: {cfg.batch_size} x {cfg.grad_accum} accumulation per process; "
-               f"strategy {cfg.strategy}, {cfg.target} targets, {cfg.resolved_reduction} reduction", err=True)
+    typer.echo(
+        f"effective batch: {cfg.batch_size} x {cfg.grad_accum} accumulation per process; "
+        f"strategy {cfg.strategy}, {cfg.target} targets, {cfg.resolved_reduction} reduction",
+        err=True,
+    )
     result = run_sft(cfg, progress=not as_json)
     if as_json:
         _emit_json(result)
@@ -414,22 +518,32 @@ def rl(
     subjects: SubjectsOpt = None,
     limit: LimitOpt = None,
     seed: SeedOpt = None,
-    strategy: Annotated[Optional[str], typer.Option("--strategy", help="grpo (vanilla) | pass@N | maj@N[:k=K] | bon@N. [default: grpo]")] = None,
+    strategy: Annotated[
+        Optional[str], typer.Option("--strategy", help="grpo (vanilla) | pass@N | maj@N[:k=K] | bon@N. [default: grpo]")
+    ] = None,
     form: Annotated[Optional[str], typer.Option("--form", help="raw (S'(p)) | log (w_SFT). [default: raw]")] = None,
-    num_generations: Annotated[Optional[int], typer.Option("--num-generations", help="M, rollouts per prompt. [default: 8]")] = None,
+    num_generations: Annotated[
+        Optional[int], typer.Option("--num-generations", help="M, rollouts per prompt. [default: 8]")
+    ] = None,
     prompts_per_step: Annotated[Optional[int], typer.Option("--prompts-per-step", help="[default: 4]")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="[default: 100]")] = None,
     max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")] = None,
     temperature: Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")] = None,
     top_p: Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")] = None,
-    beta: Annotated[Optional[float], typer.Option("--beta", help="KL coefficient (not CAT-weighted). [default: 0]")] = None,
+    beta: Annotated[
+        Optional[float], typer.Option("--beta", help="KL coefficient (not CAT-weighted). [default: 0]")
+    ] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="[default: 1e-6]")] = None,
-    loss_type: Annotated[Optional[str], typer.Option("--loss-type", help="dr_grpo (the paper's) | dapo | grpo | bnpo")] = None,
+    loss_type: Annotated[
+        Optional[str], typer.Option("--loss-type", help="dr_grpo (the paper's) | dapo | grpo | bnpo")
+    ] = None,
     lora_r: Annotated[Optional[int], typer.Option("--lora-r")] = None,
     lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha")] = None,
     lora_targets: Annotated[Optional[str], typer.Option("--lora-targets")] = None,
     load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit")] = None,
-    init_adapter: Annotated[Optional[str], typer.Option("--init-adapter", help="Start from this adapter (an SFT warm-up).")] = None,
+    init_adapter: Annotated[
+        Optional[str], typer.Option("--init-adapter", help="Start from this adapter (an SFT warm-up).")
+    ] = None,
     save_steps: Annotated[Optional[int], typer.Option("--save-steps")] = None,
     report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")] = None,
     instruction: Annotated[Optional[str], typer.Option("--instruction")] = None,
@@ -446,20 +560,47 @@ def rl(
     from catcli.trainers.rl import RLRunConfig, run_rl
 
     flags = dict(
-        model=model, data=data, split=split, levels=levels, subjects=_subjects(subjects), limit=limit, seed=seed,
-        strategy=strategy, form=form, num_generations=num_generations, prompts_per_step=prompts_per_step,
-        max_steps=max_steps, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, beta=beta,
-        lr=lr, loss_type=loss_type, lora_r=lora_r, lora_alpha=lora_alpha, lora_targets=_subjects(lora_targets),
-        load_in_4bit=load_in_4bit, init_adapter=init_adapter, save_steps=save_steps, report_to=report_to,
-        instruction=instruction, trust_remote_code=trust_remote_code, out=out, resume=resume, overwrite=overwrite,
+        model=model,
+        data=data,
+        split=split,
+        levels=levels,
+        subjects=_subjects(subjects),
+        limit=limit,
+        seed=seed,
+        strategy=strategy,
+        form=form,
+        num_generations=num_generations,
+        prompts_per_step=prompts_per_step,
+        max_steps=max_steps,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        beta=beta,
+        lr=lr,
+        loss_type=loss_type,
+        lora_r=lora_r,
+        lora_alpha=lora_alpha,
+        lora_targets=_subjects(lora_targets),
+        load_in_4bit=load_in_4bit,
+        init_adapter=init_adapter,
+        save_steps=save_steps,
+        report_to=report_to,
+        instruction=instruction,
+        trust_remote_code=trust_remote_code,
+        out=out,
+        resume=resume,
+        overwrite=overwrite,
     )
     cfg = config.resolve(RLRunConfig, "rl", config.load_recipe(recipe), flags)
     cfg.validate()
     if dry_run:
         _emit_json({"rl": config.to_dict(cfg)})
         return
-    typer.echo(f"effective batch: {cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts per process; "
-               f"strategy {cfg.strategy} ({cfg.form}), loss {cfg.loss_type}", err=True)
+    typer.echo(
+        f"effective batch: {cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts per process; "
+        f"strategy {cfg.strategy} ({cfg.form}), loss {cfg.loss_type}",
+        err=True,
+    )
     result = run_rl(cfg, progress=not as_json)
     if as_json:
         _emit_json(result)

@@ -23,7 +23,9 @@ def per_problem_scores(records: list[dict], ks: list[int]) -> dict[str, dict[str
     for r in records:
         n = len(r["completions"])
         if ks[-1] > n:
-            raise UsageError(f"k = {ks[-1]} is larger than the {n} samples of problem {r['id']}: lower --k or raise --n")
+            raise UsageError(
+                f"k = {ks[-1]} is larger than the {n} samples of problem {r['id']}: lower --k or raise --n"
+            )
         try:
             out[str(r["id"])] = problem_scores(r["correct"], r["keys"], ks, r.get("reward"))
         except EstimatorError as e:
@@ -121,7 +123,9 @@ def compare(a: list[dict], b: list[dict], ks: list[int], seed: int = 0) -> dict:
     if not shared:
         raise UsageError("the two runs share no problem ids: compare runs on the same problems")
     names = list(sa[shared[0]])
-    diffs: dict[str, Estimate] = {m: paired_difference([sa[i][m] for i in shared], [sb[i][m] for i in shared], seed) for m in names}
+    diffs: dict[str, Estimate] = {
+        m: paired_difference([sa[i][m] for i in shared], [sb[i][m] for i in shared], seed) for m in names
+    }
     return {
         "n_shared": len(shared),
         "a": {m: sum(sa[i][m] for i in shared) / len(shared) for m in names},

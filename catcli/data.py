@@ -269,7 +269,9 @@ def load_math_hub(split: str) -> list[Problem]:
 
     try:
         if split == "math500":
-            rows = [("HuggingFaceH4/MATH-500", r) for r in datasets.load_dataset("HuggingFaceH4/MATH-500", split="test")]
+            rows = [
+                ("HuggingFaceH4/MATH-500", r) for r in datasets.load_dataset("HuggingFaceH4/MATH-500", split="test")
+            ]
         elif split in ("train", "test"):
             rows = [
                 (f"EleutherAI/hendrycks_math/{cfg}", r)
@@ -302,12 +304,20 @@ def load_problems(source: str, split: str = "train", seed: int = 0) -> list[Prob
 
 
 def load_selection(
-    source: str, split: str, *, levels: str | None, subjects: Iterable[str] = (), limit: int | None = None,
+    source: str,
+    split: str,
+    *,
+    levels: str | None,
+    subjects: Iterable[str] = (),
+    limit: int | None = None,
     seed: int = 0,
 ) -> list[Problem]:
     """load_problems + select, from the flag values every command shares (`--levels 1-3` etc.)."""
     return select(
         load_problems(source, split, seed),
-        levels=parse_levels(levels) if levels else None, subjects=list(subjects), limit=limit, seed=seed,
+        levels=parse_levels(levels) if levels else None,
+        subjects=list(subjects),
+        limit=limit,
+        seed=seed,
         source=source,
     )

@@ -26,8 +26,22 @@ from catcli.rundir import append_jsonl, drop_torn_tail, prepare_out, provenance,
 from catcli.samples import SamplingSettings, chunk_seed, chunks, load_samples, make_record, sample_completions
 
 # settings that change what is sampled: a resumed run must agree on all of them
-_SAMPLING_KEYS = ("model", "data", "split", "levels", "subjects", "limit", "seed", "n", "temperature",
-                  "top_p", "max_new_tokens", "batch_size", "instruction", "load_in_4bit")
+_SAMPLING_KEYS = (
+    "model",
+    "data",
+    "split",
+    "levels",
+    "subjects",
+    "limit",
+    "seed",
+    "n",
+    "temperature",
+    "top_p",
+    "max_new_tokens",
+    "batch_size",
+    "instruction",
+    "load_in_4bit",
+)
 
 
 @dataclass(frozen=True)
@@ -94,8 +108,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     """Run the whole evaluation; returns the eval.json object. Interrupted runs resume."""
     cfg.validate()
     source = cfg.data
-    problems = load_selection(source, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit,
-                              seed=cfg.seed)
+    problems = load_selection(
+        source, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed
+    )
     backend = resolve_backend(cfg.backend)
     resolve_model(cfg.model)  # an unknown model fails here, before --out is touched
     out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -118,7 +133,12 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     result = {
         "config": cfgmod.to_dict(cfg),
         "model": cfg.model,
-        "data": {"source": source, "split": cfg.split, "n_problems": len(problems), "fingerprint": fingerprint(problems)},
+        "data": {
+            "source": source,
+            "split": cfg.split,
+            "n_problems": len(problems),
+            "fingerprint": fingerprint(problems),
+        },
         **summary,
         "provenance": provenance(),
     }
@@ -149,10 +169,14 @@ def _load_sampler(cfg, backend: str):
     if backend == "vllm":
         from catcli.samples import sample_completions_vllm
 
-        model, tokenizer, lora = load_for_vllm(cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length)
+        model, tokenizer, lora = load_for_vllm(
+            cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length
+        )
         return (lambda prompts, s, seed: sample_completions_vllm(model, prompts, s, seed, lora)), tokenizer
     model, tokenizer = load_model(
-        cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length,
+        cfg.model,
+        load_in_4bit=cfg.load_in_4bit,
+        max_seq_length=cfg.max_seq_length,
         trust_remote_code=cfg.trust_remote_code,
     )
     from unsloth import FastLanguageModel
@@ -166,7 +190,13 @@ def _sample(cfg, backend, settings, todo, done, samples_path, n_problems, progre
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     sample, tokenizer = _load_sampler(cfg, backend)
-    columns = (TextColumn("sampling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeRemainingColumn())
+    columns = (
+        TextColumn("sampling"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeRemainingColumn(),
+    )
     start, n_samples = time.monotonic(), 0
     with Progress(*columns, disable=not progress, transient=False, console=_stderr_console()) as bar:
         task = bar.add_task("sampling", total=n_problems, completed=len(done), rate="")

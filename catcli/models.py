@@ -244,8 +244,12 @@ def load_for_vllm(spec: str, *, load_in_4bit: bool = True, max_seq_length: int =
     try:
         with quiet_stdout():
             model, tokenizer = FastLanguageModel.from_pretrained(
-                resolved.base, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length,
-                fast_inference=True, max_lora_rank=max_lora_rank, use_safetensors=True,
+                resolved.base,
+                load_in_4bit=load_in_4bit,
+                max_seq_length=max_seq_length,
+                fast_inference=True,
+                max_lora_rank=max_lora_rank,
+                use_safetensors=True,
             )
     except (OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
@@ -279,7 +283,9 @@ def save_merged(adapter: Path, out: Path) -> None:
 
     model, tokenizer = load_model(str(adapter), load_in_4bit=False)
     merged = model.merge_and_unload()
-    merged = merged.to(torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16)
+    merged = merged.to(
+        torch.bfloat16 if not torch.cuda.is_available() or torch.cuda.is_bf16_supported() else torch.float16
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:

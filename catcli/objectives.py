@@ -146,9 +146,7 @@ def _prepare(log_p: Tensor | float) -> Tensor:
 
 def _binomial_terms(n: int, js: range, log_p: Tensor, log_1mp: Tensor, shift: int = 0) -> Tensor:
     """log[C(n,j) p^(j-shift) (1-p)^(n-j)] for j in js, stacked on a new last axis."""
-    return torch.stack(
-        [_log_binom(n, j) + (j - shift) * log_p + (n - j) * log_1mp for j in js], dim=-1
-    )
+    return torch.stack([_log_binom(n, j) + (j - shift) * log_p + (n - j) * log_1mp for j in js], dim=-1)
 
 
 # ---------------------------------------------------------------- S(p) per strategy

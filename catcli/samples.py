@@ -63,13 +63,19 @@ def sample_completions(model, tokenizer, prompts: list[str], settings: SamplingS
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 
-def sample_completions_vllm(model, prompts: list[str], settings: SamplingSettings, seed: int,
-                            lora_request=None) -> list[list[str]]:
+def sample_completions_vllm(
+    model, prompts: list[str], settings: SamplingSettings, seed: int, lora_request=None
+) -> list[list[str]]:
     """The same contract as `sample_completions`, through Unsloth's vLLM engine (GPU only)."""
     from vllm import SamplingParams
 
-    params = SamplingParams(n=settings.n, temperature=settings.temperature, top_p=settings.top_p,
-                            max_tokens=settings.max_new_tokens, seed=seed)
+    params = SamplingParams(
+        n=settings.n,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        max_tokens=settings.max_new_tokens,
+        seed=seed,
+    )
     outputs = model.fast_generate(prompts, sampling_params=params, lora_request=lora_request, use_tqdm=False)
     return [[c.text for c in o.outputs] for o in outputs]
 
@@ -116,7 +122,8 @@ def load_samples(path: Path) -> list[dict]:
         if not isinstance(row["answer"], (str, int, float)) or isinstance(row["answer"], bool):
             raise DataError(f"{where}: answer must be a string")
         if "reward" in row and (
-            not isinstance(row["reward"], list) or len(row["reward"]) != len(comps)
+            not isinstance(row["reward"], list)
+            or len(row["reward"]) != len(comps)
             or not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in row["reward"])
         ):
             raise DataError(f"{where}: reward must be a list of numbers, one per completion")

@@ -41,5 +41,9 @@ def run_cli(*args: str, timeout: float = 900, env: dict | None = None) -> subpro
     """The real `catcli` in a subprocess, as a user's shell script would call it."""
     return subprocess.run(
         [sys.executable, "-m", "catcli", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
     )

@@ -89,7 +89,10 @@ def test_score_grades_ungraded_lines_and_matches_estimators(capsys, tmp_path):
     result = json.loads(out)
     assert result["n_problems"] == 2
     want_pass2 = (pass_at_k(4, 2, 2) + pass_at_k(4, 1, 2)) / 2
-    want_maj2 = (maj_at_k(["h", "3", "h", None], [True, False, True, False], 2) + maj_at_k(["6", "6", "7", "8"], [False, False, True, False], 2)) / 2
+    want_maj2 = (
+        maj_at_k(["h", "3", "h", None], [True, False, True, False], 2)
+        + maj_at_k(["6", "6", "7", "8"], [False, False, True, False], 2)
+    ) / 2
     assert result["metrics"]["pass@2"]["mean"] == pytest.approx(want_pass2)
     assert result["metrics"]["maj@2"]["mean"] == pytest.approx(want_maj2)
     assert set(result["metrics"]["pass@1"]) >= {"mean", "se", "ci"}
@@ -118,7 +121,9 @@ def _bad_samples(tmp_path: Path) -> dict[str, Path]:
     files["nonutf8"].write_bytes(b'{"answer": "\xff\xfe"}\n')
     files["nocol"] = _samples_file(tmp_path, [{"id": "x", "answer": "1"}])
     files["badjson"] = tmp_path / "bad.jsonl"
-    files["badjson"].write_text('{"answer": "1", "completions": ["a"]}\n{not json\n{"answer": "2", "completions": ["b"]}\n')
+    files["badjson"].write_text(
+        '{"answer": "1", "completions": ["a"]}\n{not json\n{"answer": "2", "completions": ["b"]}\n'
+    )
     (tmp_path / "t").mkdir()
     files["wrongtype"] = _samples_file(tmp_path / "t", [{"answer": "1", "completions": "not a list"}])
     return files
@@ -163,7 +168,16 @@ def test_bad_input_is_one_line_and_exit_code(capsys, argv, code, fragment):
     assert "Traceback" not in err and out == ""
 
 
-@pytest.mark.parametrize("name,fragment", [("empty", "is empty"), ("nonutf8", "not UTF-8"), ("nocol", "missing column"), ("badjson", "line 2"), ("wrongtype", "completions must be")])
+@pytest.mark.parametrize(
+    "name,fragment",
+    [
+        ("empty", "is empty"),
+        ("nonutf8", "not UTF-8"),
+        ("nocol", "missing column"),
+        ("badjson", "line 2"),
+        ("wrongtype", "completions must be"),
+    ],
+)
 def test_bad_samples_files(capsys, tmp_path, name, fragment):
     path = _bad_samples(tmp_path)[name]
     code, out, err = call(capsys, "score", str(path), "--k", "1")
@@ -200,20 +214,19 @@ def test_out_is_a_file_or_non_empty(capsys, tmp_path):
     code, _, err = call(capsys, "eval", "--data", "arith", "--limit", "2", "--k", "1", "--out", str(d))
     assert code == 2 and "not empty" in err
     assert (d / "eval.json").read_text() == "{}"
-    code, _, err = call(capsys, "eval", "--data", "arith", "--limit", "2", "--k", "1", "--out", str(d), "--resume", "--overwrite")
+    code, _, err = call(
+        capsys, "eval", "--data", "arith", "--limit", "2", "--k", "1", "--out", str(d), "--resume", "--overwrite"
+    )
     assert code == 2 and "contradict" in err
 
 
 def test_unknown_model_is_one_line_exit_4(tmp_path):
-    r = run_cli("eval", "--model", "not-a-model", "--data", "arith", "--limit", "2", "--k", "1", "--out", str(tmp_path / "o"))
+    r = run_cli(
+        "eval", "--model", "not-a-model", "--data", "arith", "--limit", "2", "--k", "1", "--out", str(tmp_path / "o")
+    )
     assert r.returncode == 4, r.stderr
     assert "unknown model 'not-a-model'" in r.stderr
     assert "Traceback" not in r.stderr
-
-
-def test_rl_says_it_is_not_here_yet(capsys):
-    code, _, err = call(capsys, "rl", "--strategy", "maj@4")
-    assert code == 1 and "not in this version yet" in err
 
 
 def test_bad_backend_and_unknown_model_touch_no_output(capsys, tmp_path):
@@ -237,17 +250,24 @@ def test_vllm_backend_without_gpu_is_a_usage_error(capsys, tmp_path):
     assert code == 2 and "--backend vllm needs a CUDA GPU" in err and not out.exists()
 
 
-SFT_BAD = [
+TRAIN_BAD = [
     (["sft", "--strategy", "maj@4:k=9", "--data", "arith"], "k must be in 1..4"),
     (["sft", "--target", "essay", "--data", "arith"], "--target must be one of answer, solution"),
     (["sft", "--reduction", "batch", "--data", "arith"], "--reduction must be one of"),
     (["sft", "--max-steps", "0", "--data", "arith"], "--max-steps must be at least 1"),
     (["sft", "--lr", "-1", "--data", "arith"], "--lr must be positive"),
     (["sft", "--report-to", "mlflow", "--data", "arith"], "--report-to must be one of"),
+    (["rl", "--strategy", "maj@x", "--data", "arith"], "invalid strategy"),
+    (["rl", "--strategy", "bon@4", "--form", "log", "--data", "arith"], "only the raw rank weight"),
+    (["rl", "--num-generations", "1", "--data", "arith"], "--num-generations must be at least 2"),
+    (["rl", "--form", "sqrt", "--data", "arith"], "--form must be one of raw, log"),
+    (["rl", "--loss-type", "ppo", "--data", "arith"], "--loss-type must be one of"),
+    (["rl", "--max-steps", "0", "--data", "arith"], "--max-steps must be at least 1"),
+    (["rl", "--temperature", "0", "--data", "arith"], "--temperature must be positive"),
 ]
 
 
-@pytest.mark.parametrize("argv,fragment", SFT_BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_sft_bad_flags(capsys, argv, fragment):
+@pytest.mark.parametrize("argv,fragment", TRAIN_BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
+def test_training_bad_flags(capsys, argv, fragment):
     code, out, err = call(capsys, *argv, "--dry-run")
     assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1

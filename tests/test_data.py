@@ -22,7 +22,17 @@ def test_local_math_file_loads_all_records_with_int_levels():
 
 def test_answer_derived_from_last_box_and_level_strings(tmp_path):
     path = tmp_path / "m.jsonl"
-    path.write_text(json.dumps({"problem": "p", "solution": "x \\boxed{1} then \\boxed{\\frac{2}{3}}", "level": "Level 2", "type": "Algebra"}) + "\n")
+    path.write_text(
+        json.dumps(
+            {
+                "problem": "p",
+                "solution": "x \\boxed{1} then \\boxed{\\frac{2}{3}}",
+                "level": "Level 2",
+                "type": "Algebra",
+            }
+        )
+        + "\n"
+    )
     (p,) = load_file(path)
     assert p.answer == "\\frac{2}{3}" and p.level == 2 and p.subject == "Algebra"
 

@@ -41,8 +41,13 @@ def test_killed_eval_resumes_to_the_uninterrupted_result(tmp_path):
     assert ref.returncode == 0, ref.stderr[-2000:]
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "catcli", *args, "--out", str(out)], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "catcli", *args, "--out", str(out)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     samples = out / "samples.jsonl"
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and proc.poll() is None:
@@ -62,7 +67,10 @@ def test_killed_eval_resumes_to_the_uninterrupted_result(tmp_path):
     ids = [json.loads(line)["id"] for line in samples.read_text().splitlines()]
     assert len(ids) == len(set(ids)) == 6
     assert json.loads(resumed.stdout)["metrics"] == json.loads(ref.stdout)["metrics"]
-    ref_rows = {json.loads(x)["id"]: json.loads(x)["completions"] for x in (tmp_path / "ref" / "samples.jsonl").read_text().splitlines()}
+    ref_rows = {
+        json.loads(x)["id"]: json.loads(x)["completions"]
+        for x in (tmp_path / "ref" / "samples.jsonl").read_text().splitlines()
+    }
     got_rows = {json.loads(x)["id"]: json.loads(x)["completions"] for x in samples.read_text().splitlines()}
     assert got_rows == ref_rows
 

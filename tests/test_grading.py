@@ -50,7 +50,15 @@ def test_answers_equal(gold, pred, equal):
 
 
 def test_vote_keys_merge_equivalent_answers():
-    completions = ["\\boxed{0.5}", "\\boxed{1/2}", "\\boxed{\\frac12}", "\\boxed{3}", "nothing", "\\boxed{4i+8}", "\\boxed{8+4i}"]
+    completions = [
+        "\\boxed{0.5}",
+        "\\boxed{1/2}",
+        "\\boxed{\\frac12}",
+        "\\boxed{3}",
+        "nothing",
+        "\\boxed{4i+8}",
+        "\\boxed{8+4i}",
+    ]
     g = grade_completions("\\frac{1}{2}", completions)
     assert g.correct == [True, True, True, False, False, False, False]
     assert g.keys[0] == g.keys[1] == g.keys[2]

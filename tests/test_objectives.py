@@ -142,9 +142,7 @@ def test_maj_k1_equals_pass_and_kN_is_n_log_p():
             obj.log_success(Strategy("maj", n, 1), log_p), obj.log_success(Strategy("pass", n), log_p)
         )
         torch.testing.assert_close(obj.log_success(Strategy("maj", n, n), log_p), n * log_p)
-        torch.testing.assert_close(
-            obj.w_sft(Strategy("maj", n, 1), log_p), obj.w_sft(Strategy("pass", n), log_p)
-        )
+        torch.testing.assert_close(obj.w_sft(Strategy("maj", n, 1), log_p), obj.w_sft(Strategy("pass", n), log_p))
         torch.testing.assert_close(obj.w_sft(Strategy("maj", n, n), log_p), torch.full_like(log_p, n))
 
 
@@ -173,7 +171,9 @@ def test_w_sft_matches_exact_p_dS_over_S(strategy, p):
     assert rel_close(got, want), (got, float(want))
 
 
-@pytest.mark.parametrize("strategy", [Strategy("pass", 4), Strategy("pass", 64), Strategy("maj", 8, 3), Strategy("maj", 16, 4)], ids=str)
+@pytest.mark.parametrize(
+    "strategy", [Strategy("pass", 4), Strategy("pass", 64), Strategy("maj", 8, 3), Strategy("maj", 16, 4)], ids=str
+)
 @pytest.mark.parametrize("p", [0.01, 0.1, 0.3, 0.5, 0.7, 0.9])
 def test_w_rl_raw_is_finite_difference_of_S(strategy, p):
     h = mpmath.mpf("1e-20")
@@ -209,7 +209,9 @@ def test_edge_values():
         assert (w <= 1 + 1e-12).all()
         assert abs(w[0].item() - 1) < 1e-12  # p -> 0
         assert w[-1].item() < 1e-12  # p -> 1
-        torch.testing.assert_close(obj.w_rl(Strategy("pass", n), torch.tensor(-1e4)), torch.tensor(float(n), dtype=torch.float64))
+        torch.testing.assert_close(
+            obj.w_rl(Strategy("pass", n), torch.tensor(-1e4)), torch.tensor(float(n), dtype=torch.float64)
+        )
     for n, k in [(8, 3), (16, 4), (64, 26)]:
         assert abs(obj.w_sft(Strategy("maj", n, k), log_p)[0].item() - k) < 1e-9  # p -> 0
 
@@ -240,7 +242,7 @@ def test_everything_finite_at_the_extremes(n):
 def test_gradcheck_float64():
     for s in [Strategy("pass", 16), Strategy("maj", 8, 3), Strategy("maj", 64, 26)]:
         log_p = torch.tensor([-8.0, -2.0, -0.3, -0.01], dtype=torch.float64, requires_grad=True)
-        assert torch.autograd.gradcheck(lambda x: obj.sft_loss(s, x), (log_p,))
+        assert torch.autograd.gradcheck(lambda x, s=s: obj.sft_loss(s, x), (log_p,))
 
 
 def test_weights_are_detached_and_loss_keeps_input_graph():
@@ -252,7 +254,9 @@ def test_weights_are_detached_and_loss_keeps_input_graph():
 # ------------------------------------------------------------------ RL estimation rules (§2, §4)
 
 
-@pytest.mark.parametrize("n,c_max,m,k", [(8, 0, 8, 2), (8, 1, 8, 2), (8, 3, 8, 4), (8, 8, 8, 5), (4, 8, 8, 3), (1, 3, 4, 1)])
+@pytest.mark.parametrize(
+    "n,c_max,m,k", [(8, 0, 8, 2), (8, 1, 8, 2), (8, 3, 8, 4), (8, 8, 8, 5), (4, 8, 8, 3), (1, 3, 4, 1)]
+)
 def test_dynamic_k_examples(n, c_max, m, k):
     assert obj.dynamic_k(n, c_max, m) == k
 

@@ -8,6 +8,7 @@ import pytest
 
 from catcli import config
 from catcli.evaluation import EvalConfig
+from catcli.trainers.rl import RLRunConfig
 from catcli.trainers.sft import SFTRunConfig
 from conftest import ROOT
 
@@ -17,11 +18,13 @@ RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_resolves_and_validates(path):
     recipe = config.load_recipe(path)
-    assert set(recipe) <= {"sft", "eval"}
+    assert recipe and set(recipe) <= {"sft", "rl", "eval"}
     if "sft" in recipe:
         cfg = config.resolve(SFTRunConfig, "sft", recipe, {})
         cfg.validate()
         assert config.resolve(SFTRunConfig, "sft", recipe, {"max_steps": 3}).max_steps == 3  # flag wins
+    if "rl" in recipe:
+        config.resolve(RLRunConfig, "rl", recipe, {}).validate()
     if "eval" in recipe:
         config.resolve(EvalConfig, "eval", recipe, {}).validate()
 

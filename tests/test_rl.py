@@ -28,19 +28,43 @@ def _trainer(tmp_path, strategy: str, pattern: list[float], form: str = "raw", m
     tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
     tok.pad_token = tok.pad_token or tok.eos_token
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
     model = LlamaForCausalLM(cfg).float()
 
     def stub_correctness(completions, **kwargs):  # column 0: the pattern, whatever was generated
         return list(pattern)
 
-    rows = [{"prompt": [{"role": "user", "content": f"Problem:\nWhat is {i} + {i}?"}], "answer": str(2 * i)}
-            for i in range(len(pattern) // M)]
-    args = GRPOConfig(output_dir=str(tmp_path / "ck"), per_device_train_batch_size=len(pattern), num_generations=M,
-                      max_completion_length=max_tokens, temperature=0.8, report_to=[], disable_tqdm=True, beta=0.0)
-    trainer = trainer_cls(model=model, reward_funcs=[stub_correctness], args=args, train_dataset=Dataset.from_list(rows),
-                          processing_class=tok, strategy=parse_strategy(strategy), form=form)
+    rows = [
+        {"prompt": [{"role": "user", "content": f"Problem:\nWhat is {i} + {i}?"}], "answer": str(2 * i)}
+        for i in range(len(pattern) // M)
+    ]
+    args = GRPOConfig(
+        output_dir=str(tmp_path / "ck"),
+        per_device_train_batch_size=len(pattern),
+        num_generations=M,
+        max_completion_length=max_tokens,
+        temperature=0.8,
+        report_to=[],
+        disable_tqdm=True,
+        beta=0.0,
+    )
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=[stub_correctness],
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tok,
+        strategy=parse_strategy(strategy),
+        form=form,
+    )
     model.train()
     inputs = [row for row in rows for _ in range(M)]
     return trainer, model, inputs
@@ -63,11 +87,27 @@ def test_maj_weights_scale_each_prompt_and_are_not_cancelled(tmp_path):
     out = trainer._generate_and_score_completions(inputs)
     keys = trainer._cat_keys
     correct = torch.tensor(pattern).view(-1, M).bool()
-    c_max = torch.tensor([max([sum(1 for k, ok in zip(keys[i * M:(i + 1) * M], correct[i]) if not ok and k == key)
-                               for key in set(keys[i * M:(i + 1) * M])] + [0]) for i in range(2)])
+    c_max = torch.tensor(
+        [
+            max(
+                [
+                    sum(1 for k, ok in zip(keys[i * M : (i + 1) * M], correct[i]) if not ok and k == key)
+                    for key in set(keys[i * M : (i + 1) * M])
+                ]
+                + [0]
+            )
+            for i in range(2)
+        ]
+    )
     ks = tuple(objectives.dynamic_k(4, int(c), M) for c in c_max)
-    raw = torch.stack([objectives.w_rl(parse_strategy("maj@4"), torch.log(torch.tensor((c + 1) / (M + 2), dtype=torch.float64)), k=k)
-                       for c, k in zip([1, 2], ks)]).clamp(max=10.0)
+    raw = torch.stack(
+        [
+            objectives.w_rl(
+                parse_strategy("maj@4"), torch.log(torch.tensor((c + 1) / (M + 2), dtype=torch.float64)), k=k
+            )
+            for c, k in zip([1, 2], ks)
+        ]
+    ).clamp(max=10.0)
     w = (raw / raw.mean()).repeat_interleave(M)
     want = _vanilla(pattern) * w
     torch.testing.assert_close(out["advantages"].double(), want, rtol=1e-5, atol=1e-6)
@@ -103,12 +143,31 @@ def test_pass_weights_come_from_rollout_log_probs(tmp_path):
 
 def test_rl_cli_runs_and_writes_outputs(tmp_path):
     out = tmp_path / "rl"
-    r = run_cli("rl", "--model", "smollm2-135m", "--data", "arith", "--strategy", "maj@4", "--num-generations", "4",
-                "--max-steps", "2", "--prompts-per-step", "2", "--max-new-tokens", "24", "--out", str(out))
+    r = run_cli(
+        "rl",
+        "--model",
+        "smollm2-135m",
+        "--data",
+        "arith",
+        "--strategy",
+        "maj@4",
+        "--num-generations",
+        "4",
+        "--max-steps",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--max-new-tokens",
+        "24",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]
-    assert {"reward_mean", "frac_reward_zero_std", "weight_mean", "weight_min", "weight_max", "dynamic_k"} <= set(log[0])
+    assert {"reward_mean", "frac_reward_zero_std", "weight_mean", "weight_min", "weight_max", "dynamic_k"} <= set(
+        log[0]
+    )
     run = json.loads((out / "run.json").read_text())
     assert run["global_step"] == 2 and run["strategy"] == "maj@4"
     assert (out / "adapter" / "adapter_model.safetensors").exists()

@@ -30,16 +30,40 @@ def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str,
 
     tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
     model = LlamaForCausalLM(cfg).float()
-    data = Dataset.from_list([
-        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c in rows
-    ])
-    args = SFTConfig(output_dir=str(tmp_path / "ck"), per_device_train_batch_size=len(rows), max_steps=1,
-                     report_to=[], disable_tqdm=True, completion_only_loss=True, dataset_num_proc=None)
-    trainer = trainer_cls(model=model, args=args, train_dataset=data, processing_class=tok,
-                          strategy=parse_strategy(strategy), reduction=reduction, hybrid=hybrid)
+    data = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+            for p, c in rows
+        ]
+    )
+    args = SFTConfig(
+        output_dir=str(tmp_path / "ck"),
+        per_device_train_batch_size=len(rows),
+        max_steps=1,
+        report_to=[],
+        disable_tqdm=True,
+        completion_only_loss=True,
+        dataset_num_proc=None,
+    )
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=data,
+        processing_class=tok,
+        strategy=parse_strategy(strategy),
+        reduction=reduction,
+        hybrid=hybrid,
+    )
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     return trainer, model, batch
 
@@ -149,10 +173,35 @@ def test_hybrid_loss_is_w_sft_times_half_ce_half_pairwise_token_mean(tmp_path, s
 
 def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     out = tmp_path / "sft"
-    args = ["sft", "--model", "smollm2-135m", "--data", "arith", "--strategy", "pass@4", "--max-steps", "4",
-            "--batch-size", "2", "--grad-accum", "1", "--save-steps", "1", "--lr", "1e-4", "--out", str(out), "--save-merged"]
-    proc = subprocess.Popen([sys.executable, "-m", "catcli", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        "sft",
+        "--model",
+        "smollm2-135m",
+        "--data",
+        "arith",
+        "--strategy",
+        "pass@4",
+        "--max-steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--grad-accum",
+        "1",
+        "--save-steps",
+        "1",
+        "--lr",
+        "1e-4",
+        "--out",
+        str(out),
+        "--save-merged",
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "catcli", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
@@ -181,7 +230,23 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     assert (merged / "model.safetensors").exists() and resolve_model(str(merged)).base == str(merged)
     assert resolve_model(str(merged)).adapter is None  # a plain checkpoint, usable without catcli
 
-    ev = run_cli("eval", "--model", str(out), "--data", "arith", "--limit", "2", "--n", "2", "--k", "1,2",
-                 "--max-new-tokens", "8", "--out", str(tmp_path / "ev"), "--json")
+    ev = run_cli(
+        "eval",
+        "--model",
+        str(out),
+        "--data",
+        "arith",
+        "--limit",
+        "2",
+        "--n",
+        "2",
+        "--k",
+        "1,2",
+        "--max-new-tokens",
+        "8",
+        "--out",
+        str(tmp_path / "ev"),
+        "--json",
+    )
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert json.loads(ev.stdout)["model"] == str(out)

@@ -94,7 +94,9 @@ class RLRunConfig:
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.num_generations < 2:
-            raise UsageError(f"--num-generations must be at least 2 (GRPO compares rollouts), got {self.num_generations}")
+            raise UsageError(
+                f"--num-generations must be at least 2 (GRPO compares rollouts), got {self.num_generations}"
+            )
         if not self.temperature > 0 or not 0 < self.top_p <= 1:
             raise UsageError("--temperature must be positive and --top-p in (0, 1]")
         if self.beta < 0 or not self.lr > 0:
@@ -155,14 +157,19 @@ def _cat_grpo_trainer_class():
             if self.strategy.kind == "pass":
                 seq_log_p = self._rollout_seq_log_p(output).view(1, -1)  # own completions only
             elif self.strategy.kind == "maj":
-                c_max = torch.tensor([_wrong_mode(keys, ok) for keys, ok in
-                                      zip(_groups(self._cat_keys, m), correct.tolist())])
+                c_max = torch.tensor(
+                    [_wrong_mode(keys, ok) for keys, ok in zip(_groups(self._cat_keys, m), correct.tolist())]
+                )
             else:
                 weights = self.reward_weights.to("cpu", torch.float64)
                 ranked = torch.nan_to_num(rewards * weights).sum(-1).view(-1, m)
             result = objectives.rl_weights(
-                self.strategy, correct if seq_log_p is None else correct.view(-1)[local].view(1, -1),
-                form=self.form, seq_log_p=seq_log_p, wrong_mode_counts=c_max, rewards=ranked,
+                self.strategy,
+                correct if seq_log_p is None else correct.view(-1)[local].view(1, -1),
+                form=self.form,
+                seq_log_p=seq_log_p,
+                wrong_mode_counts=c_max,
+                rewards=ranked,
             )
             w = result.weights.reshape(-1)
             w_local = w if self.strategy.kind == "pass" else w[local]
@@ -171,7 +178,9 @@ def _cat_grpo_trainer_class():
                 all_wrong = (correct.sum(-1) == 0).to(torch.float64).repeat_interleave(m)
                 penalty = objectives.ALL_WRONG_PENALTY * all_wrong[local]
             adv = output["advantages"]
-            output["advantages"] = (adv.to(torch.float64) * w_local.to(adv.device) - penalty.to(adv.device)).to(adv.dtype)
+            output["advantages"] = (adv.to(torch.float64) * w_local.to(adv.device) - penalty.to(adv.device)).to(
+                adv.dtype
+            )
             self.cat_window.append({"w": w_local, "ks": result.ks})
             return output
 
@@ -186,7 +195,10 @@ def _cat_grpo_trainer_class():
                 attention = torch.cat([output["prompt_mask"], mask], dim=1)
                 with torch.no_grad():
                     per_token, _, _ = self._get_per_token_logps_and_entropies(
-                        self.model, ids, attention, output["completion_ids"].size(1),
+                        self.model,
+                        ids,
+                        attention,
+                        output["completion_ids"].size(1),
                         batch_size=self.args.per_device_train_batch_size,
                     )
             return (torch.nan_to_num(per_token.detach()).to(torch.float64) * mask).sum(-1).cpu()
@@ -219,13 +231,21 @@ def _train_log_callback(path: Path, trainer_ref: list):
                 return
             import torch
 
-            row = {"step": state.global_step, "loss": logs["loss"], "reward_mean": logs.get("reward"),
-                   "frac_reward_zero_std": logs.get("frac_reward_zero_std")}
+            row = {
+                "step": state.global_step,
+                "loss": logs["loss"],
+                "reward_mean": logs.get("reward"),
+                "frac_reward_zero_std": logs.get("frac_reward_zero_std"),
+            }
             if window:
                 w = torch.cat([x["w"] for x in window])
                 ks = [k for x in window for k in (x["ks"] or ())]
-                row.update(weight_mean=w.mean().item(), weight_min=w.min().item(), weight_max=w.max().item(),
-                           dynamic_k=ks or None)
+                row.update(
+                    weight_mean=w.mean().item(),
+                    weight_min=w.min().item(),
+                    weight_max=w.max().item(),
+                    dynamic_k=ks or None,
+                )
             else:
                 row.update(weight_mean=1.0, weight_min=1.0, weight_max=1.0, dynamic_k=None)
             row["time"] = time.time()
@@ -238,10 +258,13 @@ def _train_log_callback(path: Path, trainer_ref: list):
 def build_dataset(cfg: RLRunConfig):
     from datasets import Dataset
 
-    problems = load_selection(cfg.data, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit,
-                              seed=cfg.seed)
-    rows = [{"prompt": [{"role": "user", "content": user_message(p, cfg.instruction)}], "answer": p.answer}
-            for p in problems]
+    problems = load_selection(
+        cfg.data, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed
+    )
+    rows = [
+        {"prompt": [{"role": "user", "content": user_message(p, cfg.instruction)}], "answer": p.answer}
+        for p in problems
+    ]
     return Dataset.from_list(rows), problems
 
 
@@ -262,8 +285,11 @@ def run_rl(cfg: RLRunConfig, progress: bool = True) -> dict:
     from trl import GRPOConfig
 
     model, tokenizer = load_model(
-        model_spec, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length,
-        lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets), trust_remote_code=cfg.trust_remote_code,
+        model_spec,
+        load_in_4bit=cfg.load_in_4bit,
+        max_seq_length=cfg.max_seq_length,
+        lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets),
+        trust_remote_code=cfg.trust_remote_code,
     )
     args = GRPOConfig(
         output_dir=str(ckpt_dir),
@@ -288,15 +314,24 @@ def run_rl(cfg: RLRunConfig, progress: bool = True) -> dict:
     )
     trainer_ref: list = []
     trainer = trainer_cls(
-        model=model, reward_funcs=[correctness_reward], args=args, train_dataset=dataset,
-        processing_class=tokenizer, strategy=strategy, form=cfg.form,
+        model=model,
+        reward_funcs=[correctness_reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        strategy=strategy,
+        form=cfg.form,
         callbacks=[_train_log_callback(log_path, trainer_ref)],
     )
     trainer_ref.append(trainer)
-    run = {"config": cfgmod.to_dict(cfg), "strategy": str(strategy), "n_problems": len(problems),
-           "effective_batch": f"{cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts "
-                              f"x {trainer.accelerator.num_processes} processes",
-           "provenance": provenance()}
+    run = {
+        "config": cfgmod.to_dict(cfg),
+        "strategy": str(strategy),
+        "n_problems": len(problems),
+        "effective_batch": f"{cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts "
+        f"x {trainer.accelerator.num_processes} processes",
+        "provenance": provenance(),
+    }
     if trainer.is_world_process_zero():
         write_json(out / "run.json", run)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

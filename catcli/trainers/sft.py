@@ -226,8 +226,9 @@ def build_dataset(cfg: SFTRunConfig):
     """Prompt-completion conversations: TRL applies the chat template and masks the prompt."""
     from datasets import Dataset
 
-    problems = load_selection(cfg.data, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit,
-                              seed=cfg.seed)
+    problems = load_selection(
+        cfg.data, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed
+    )
     rows = [
         {
             "prompt": [{"role": "user", "content": user_message(p, cfg.instruction)}],
@@ -256,7 +257,10 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
 
     lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     model, tokenizer = load_model(
-        model_spec, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_length, lora=lora,
+        model_spec,
+        load_in_4bit=cfg.load_in_4bit,
+        max_seq_length=cfg.max_length,
+        lora=lora,
         trust_remote_code=cfg.trust_remote_code,
     )
     args = SFTConfig(
@@ -282,14 +286,23 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     )
     trainer_ref: list = []
     trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
-        strategy=strategy, reduction=cfg.resolved_reduction, hybrid=cfg.hybrid,
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        processing_class=tokenizer,
+        strategy=strategy,
+        reduction=cfg.resolved_reduction,
+        hybrid=cfg.hybrid,
         callbacks=[_train_log_callback(log_path, trainer_ref)],
     )
     trainer_ref.append(trainer)
-    run = {"config": cfgmod.to_dict(cfg), "strategy": str(strategy), "n_problems": len(problems),
-           "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
-           "provenance": provenance()}
+    run = {
+        "config": cfgmod.to_dict(cfg),
+        "strategy": str(strategy),
+        "n_problems": len(problems),
+        "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
+        "provenance": provenance(),
+    }
     if trainer.is_world_process_zero():
         write_json(out / "run.json", run)
     trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)

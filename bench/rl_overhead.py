@@ -1,0 +1,108 @@
+"""CAT GRPO step time / vanilla GRPO step time: same model, prompts, seed, interleaved A B A B.
+
+Each pair reseeds before both steps, so both generate the same rollouts and the ratio isolates
+what CAT adds (grading keys, weights, and for pass@N the rollout log-probs). Prints one JSON
+object. Target (issue 6 / 7): ratio <= 1.03. A step is TRL's training_step: generation,
+scoring, forward and backward (the optimizer update is the same for both and left out).
+
+    python bench/rl_overhead.py [--quick] [--strategy maj@4] [--pairs 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+
+from catcli.objectives import parse_strategy
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="1 pair, 8 tokens (CI smoke)")
+    ap.add_argument("--strategy", default="maj@4")
+    ap.add_argument("--pairs", type=int, default=6)
+    ap.add_argument("--num-generations", type=int, default=4)
+    ap.add_argument("--max-new-tokens", type=int, default=32)
+    args = ap.parse_args()
+    pairs, tokens = (1, 8) if args.quick else (args.pairs, args.max_new_tokens)
+
+    import torch
+
+    from catcli.models import LoraSettings, load_model, seed_everything
+    from catcli.trainers.rl import RLRunConfig, _cat_grpo_trainer_class, build_dataset, correctness_reward
+
+    trainer_cls = _cat_grpo_trainer_class()
+    from trl import GRPOConfig
+
+    seed_everything(0)
+    dataset, _ = build_dataset(RLRunConfig(data="arith", levels="1", limit=32))
+    model, tok = load_model("smollm2-135m", lora=LoraSettings(r=16, alpha=32, targets=("q_proj", "v_proj")))
+    m = args.num_generations
+    targs = GRPOConfig(
+        output_dir=tempfile.mkdtemp(),
+        per_device_train_batch_size=2 * m,
+        num_generations=m,
+        max_completion_length=tokens,
+        report_to=[],
+        disable_tqdm=True,
+        beta=0.0,
+        loss_type="dr_grpo",
+    )
+    trainer = trainer_cls(
+        model=model,
+        reward_funcs=[correctness_reward],
+        args=targs,
+        train_dataset=dataset,
+        processing_class=tok,
+        strategy=parse_strategy("ce"),
+    )
+    trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop, which we bypass
+    model.train()
+    batches = iter(trainer.get_train_dataloader())
+    strategies = {"grpo": parse_strategy("ce"), "cat": parse_strategy(args.strategy)}
+
+    def step(name: str, batch, seed: int) -> float:
+        trainer.strategy = strategies[name]
+        torch.manual_seed(seed)
+        start = time.perf_counter()
+        trainer.training_step(model, batch)
+        model.zero_grad(set_to_none=True)
+        return time.perf_counter() - start
+
+    warm = next(batches)
+    step("grpo", warm, 0), step("cat", warm, 0)
+    ratios, times = [], {"grpo": [], "cat": []}
+    for i in range(pairs):
+        batch = next(batches)
+        order = ("grpo", "cat") if i % 2 == 0 else ("cat", "grpo")
+        t = {name: step(name, batch, 1000 + i) for name in order}
+        for name in t:
+            times[name].append(t[name])
+        ratios.append(t["cat"] / t["grpo"])
+    print(
+        json.dumps(
+            {
+                "bench": "rl_overhead",
+                "strategy": args.strategy,
+                "pairs": pairs,
+                "num_generations": m,
+                "prompts_per_step": 2,
+                "max_new_tokens": tokens,
+                "grpo_step_s": statistics.median(times["grpo"]),
+                "cat_step_s": statistics.median(times["cat"]),
+                "ratio_median": statistics.median(ratios),
+                "target_ratio": 1.03,
+                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "quick": args.quick,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()

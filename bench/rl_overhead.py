@@ -70,7 +70,7 @@ def main() -> None:
         trainer.strategy = strategies[name]
         torch.manual_seed(seed)
         start = time.perf_counter()
-        trainer.training_step(model, batch)
+        trainer.training_step(model, batch, None)
         model.zero_grad(set_to_none=True)
         return time.perf_counter() - start
 

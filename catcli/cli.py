@@ -51,6 +51,24 @@ SeedOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")]
 RecipeOpt = Annotated[Optional[Path], typer.Option("--recipe", help="TOML recipe; flags override its values.")]
 KOpt = Annotated[Optional[str], typer.Option("--k", help="Comma-separated k values, e.g. 1,4,16.")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/<command>]")]
+ResumeOpt = Annotated[Optional[bool], typer.Option("--resume", help="Continue the interrupted run in --out.")]
+OverwriteOpt = Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty --out.")]
+InstructionOpt = Annotated[Optional[str], typer.Option("--instruction", help="Appended to each problem; '' for none.")]
+LoadIn4bitOpt = Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")]
+TrustRemoteCodeOpt = Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run a hub model's own code.")]
+LoraROpt = Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank.")]
+LoraAlphaOpt = Annotated[Optional[int], typer.Option("--lora-alpha")]
+LoraTargetsOpt = Annotated[Optional[str], typer.Option("--lora-targets", help="Comma-separated module names.")]
+InitAdapterOpt = Annotated[
+    Optional[str], typer.Option("--init-adapter", help="Start from this adapter (e.g. a warm-up run).")
+]
+SaveStepsOpt = Annotated[Optional[int], typer.Option("--save-steps", help="Checkpoint every this many steps.")]
+ReportToOpt = Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")]
+MaxNewTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")]
+TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")]
+TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")]
 
 
 def _version(value: bool):
@@ -254,29 +272,23 @@ def eval_cmd(
     seed: SeedOpt = None,
     k: KOpt = None,
     n: Annotated[Optional[int], typer.Option("--n", help="Samples per problem. [default: the largest k]")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")] = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
+    max_new_tokens: MaxNewTokensOpt = None,
     batch_size: Annotated[
         Optional[int], typer.Option("--batch-size", help="Problems per generate call. [default: 8]")
     ] = None,
-    instruction: Annotated[
-        Optional[str], typer.Option("--instruction", help="Appended to each problem; '' for none.")
-    ] = None,
+    instruction: InstructionOpt = None,
     backend: Annotated[
         Optional[str],
         typer.Option("--backend", help="auto | hf | vllm (vllm: Unsloth fast_inference, GPU only). [default: auto]"),
     ] = None,
-    load_in_4bit: Annotated[
-        Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")
-    ] = None,
+    load_in_4bit: LoadIn4bitOpt = None,
     max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length")] = None,
-    trust_remote_code: Annotated[
-        Optional[bool], typer.Option("--trust-remote-code", help="Run a hub model's own code.")
-    ] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/eval]")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume", help="Continue an interrupted run in --out.")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty --out.")] = None,
+    trust_remote_code: TrustRemoteCodeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = None,
     recipe: RecipeOpt = None,
     as_json: JsonOpt = False,
 ):
@@ -312,6 +324,8 @@ def eval_cmd(
     )
     cfg = config.resolve(EvalConfig, "eval", config.load_recipe(recipe), flags)
     result = run_eval(cfg, progress=not as_json)
+    if result is None:  # another process of a multi-process run: rank 0 reports
+        return
     if as_json:
         _emit_json(result)
     else:
@@ -395,6 +409,22 @@ def plot(
 # ---------------------------------------------------------------- training
 
 
+def _train(section: str, cfg, run, summary: str, dry_run: bool, as_json: bool) -> None:
+    """Validate (before any model loads), then print the config or train."""
+    from catcli import config
+
+    cfg.validate()
+    if dry_run:
+        _emit_json({section: config.to_dict(cfg)})
+        return
+    typer.echo(summary, err=True)
+    result = run(cfg, progress=not as_json)
+    if as_json:
+        _emit_json(result)
+    else:
+        typer.echo(f"wrote {cfg.out}/adapter, train_log.jsonl, run.json ({result['global_step']} steps)", err=True)
+
+
 @app.command()
 def sft(
     model: ModelOpt = None,
@@ -428,32 +458,24 @@ def sft(
     ] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="[default: 4]")] = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="[default: 1024]")] = None,
-    save_steps: Annotated[
-        Optional[int], typer.Option("--save-steps", help="Checkpoint every this many steps. [default: 50]")
-    ] = None,
-    lora_r: Annotated[Optional[int], typer.Option("--lora-r")] = None,
-    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha")] = None,
-    lora_targets: Annotated[Optional[str], typer.Option("--lora-targets", help="Comma-separated module names.")] = None,
-    load_in_4bit: Annotated[
-        Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")
-    ] = None,
-    init_adapter: Annotated[
-        Optional[str], typer.Option("--init-adapter", help="Continue from this adapter (e.g. a CE warm-up run).")
-    ] = None,
-    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")] = None,
+    save_steps: SaveStepsOpt = None,
+    lora_r: LoraROpt = None,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_targets: LoraTargetsOpt = None,
+    load_in_4bit: LoadIn4bitOpt = None,
+    init_adapter: InitAdapterOpt = None,
+    report_to: ReportToOpt = None,
     save_merged: Annotated[
         Optional[bool],
         typer.Option("--save-merged", help="Also write OUT/merged: the adapter merged into a 16-bit base."),
     ] = None,
-    instruction: Annotated[Optional[str], typer.Option("--instruction")] = None,
-    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/sft]")] = None,
-    resume: Annotated[
-        Optional[bool], typer.Option("--resume", help="Continue from the last checkpoint in --out.")
-    ] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite")] = None,
+    instruction: InstructionOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = None,
     recipe: RecipeOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ):
     """CAT-weighted SFT on Unsloth 4-bit QLoRA: minimise -log S(p) of the strategy."""
@@ -493,20 +515,11 @@ def sft(
         overwrite=overwrite,
     )
     cfg = with_defaults_for_target(config.resolve(SFTRunConfig, "sft", config.load_recipe(recipe), flags))
-    cfg.validate()
-    if dry_run:
-        _emit_json({"sft": config.to_dict(cfg)})
-        return
-    typer.echo(
+    summary = (
         f"effective batch: {cfg.batch_size} x {cfg.grad_accum} accumulation per process; "
-        f"strategy {cfg.strategy}, {cfg.target} targets, {cfg.resolved_reduction} reduction",
-        err=True,
+        f"strategy {cfg.strategy}, {cfg.target} targets, {cfg.resolved_reduction} reduction"
     )
-    result = run_sft(cfg, progress=not as_json)
-    if as_json:
-        _emit_json(result)
-    else:
-        typer.echo(f"wrote {cfg.out}/adapter, train_log.jsonl, run.json ({result['global_step']} steps)", err=True)
+    _train("sft", cfg, run_sft, summary, dry_run, as_json)
 
 
 @app.command()
@@ -527,9 +540,9 @@ def rl(
     ] = None,
     prompts_per_step: Annotated[Optional[int], typer.Option("--prompts-per-step", help="[default: 4]")] = None,
     max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="[default: 100]")] = None,
-    max_new_tokens: Annotated[Optional[int], typer.Option("--max-new-tokens", help="[default: 512]")] = None,
-    temperature: Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")] = None,
-    top_p: Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")] = None,
+    max_new_tokens: MaxNewTokensOpt = None,
+    temperature: TemperatureOpt = None,
+    top_p: TopPOpt = None,
     beta: Annotated[
         Optional[float], typer.Option("--beta", help="KL coefficient (not CAT-weighted). [default: 0]")
     ] = None,
@@ -537,22 +550,20 @@ def rl(
     loss_type: Annotated[
         Optional[str], typer.Option("--loss-type", help="dr_grpo (the paper's) | dapo | grpo | bnpo")
     ] = None,
-    lora_r: Annotated[Optional[int], typer.Option("--lora-r")] = None,
-    lora_alpha: Annotated[Optional[int], typer.Option("--lora-alpha")] = None,
-    lora_targets: Annotated[Optional[str], typer.Option("--lora-targets")] = None,
-    load_in_4bit: Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit")] = None,
-    init_adapter: Annotated[
-        Optional[str], typer.Option("--init-adapter", help="Start from this adapter (an SFT warm-up).")
-    ] = None,
-    save_steps: Annotated[Optional[int], typer.Option("--save-steps")] = None,
-    report_to: Annotated[Optional[str], typer.Option("--report-to", help="none | tensorboard | wandb")] = None,
-    instruction: Annotated[Optional[str], typer.Option("--instruction")] = None,
-    trust_remote_code: Annotated[Optional[bool], typer.Option("--trust-remote-code")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Output directory. [default: runs/rl]")] = None,
-    resume: Annotated[Optional[bool], typer.Option("--resume")] = None,
-    overwrite: Annotated[Optional[bool], typer.Option("--overwrite")] = None,
+    lora_r: LoraROpt = None,
+    lora_alpha: LoraAlphaOpt = None,
+    lora_targets: LoraTargetsOpt = None,
+    load_in_4bit: LoadIn4bitOpt = None,
+    init_adapter: InitAdapterOpt = None,
+    save_steps: SaveStepsOpt = None,
+    report_to: ReportToOpt = None,
+    instruction: InstructionOpt = None,
+    trust_remote_code: TrustRemoteCodeOpt = None,
+    out: OutOpt = None,
+    resume: ResumeOpt = None,
+    overwrite: OverwriteOpt = None,
     recipe: RecipeOpt = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")] = False,
+    dry_run: DryRunOpt = False,
     as_json: JsonOpt = False,
 ):
     """GRPO with CAT advantage weights: rollouts graded for correctness, advantages x w_RL."""
@@ -592,20 +603,11 @@ def rl(
         overwrite=overwrite,
     )
     cfg = config.resolve(RLRunConfig, "rl", config.load_recipe(recipe), flags)
-    cfg.validate()
-    if dry_run:
-        _emit_json({"rl": config.to_dict(cfg)})
-        return
-    typer.echo(
+    summary = (
         f"effective batch: {cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts per process; "
-        f"strategy {cfg.strategy} ({cfg.form}), loss {cfg.loss_type}",
-        err=True,
+        f"strategy {cfg.strategy} ({cfg.form}), loss {cfg.loss_type}"
     )
-    result = run_rl(cfg, progress=not as_json)
-    if as_json:
-        _emit_json(result)
-    else:
-        typer.echo(f"wrote {cfg.out}/adapter, train_log.jsonl, run.json ({result['global_step']} steps)", err=True)
+    _train("rl", cfg, run_rl, summary, dry_run, as_json)
 
 
 # ---------------------------------------------------------------- entry point

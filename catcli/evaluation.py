@@ -104,8 +104,15 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
         )
 
 
-def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
-    """Run the whole evaluation; returns the eval.json object. Interrupted runs resume."""
+def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
+    """Run the whole evaluation; returns the eval.json object (None on ranks other than 0).
+
+    Interrupted runs resume. Under `accelerate launch` each process samples the chunks whose
+    index it owns (i mod world size) into its own part file, and rank 0 merges them: chunk seeds
+    do not depend on the number of processes, so the result equals a one-process run.
+    """
+    from accelerate import PartialState
+
     cfg.validate()
     source = cfg.data
     problems = load_selection(
@@ -113,22 +120,34 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
     )
     backend = resolve_backend(cfg.backend)
     resolve_model(cfg.model)  # an unknown model fails here, before --out is touched
-    out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
-    if cfg.resume:
-        _check_resume(out, cfg)
-    samples_path = out / "samples.jsonl"
-    drop_torn_tail(samples_path)
+    state = PartialState()
+    samples_path = cfg.out / "samples.jsonl"
+    if state.is_main_process:
+        out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+        if cfg.resume:
+            _check_resume(out, cfg)
+        _merge_parts(out)  # left by a killed multi-process run
+        if not (out / "run.json").exists():
+            write_json(out / "run.json", {"config": cfgmod.to_dict(cfg), "provenance": provenance()})
+    state.wait_for_everyone()
     done = {str(r["id"]) for r in read_jsonl(samples_path)} if samples_path.exists() else set()
-    if not (out / "run.json").exists():
-        write_json(out / "run.json", {"config": cfgmod.to_dict(cfg), "provenance": provenance()})
 
     settings = SamplingSettings(cfg.n_samples, cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.batch_size)
-    todo = [(i, c) for i, c in chunks(problems, cfg.batch_size) if any(p.id not in done for p in c)]
+    todo = [
+        (i, c)
+        for i, c in chunks(problems, cfg.batch_size)
+        if i % state.num_processes == state.process_index and any(p.id not in done for p in c)
+    ]
+    part = samples_path if state.num_processes == 1 else cfg.out / f"samples.part{state.process_index}.jsonl"
     if todo:
-        _sample(cfg, backend, settings, todo, done, samples_path, len(problems), progress)
+        _sample(cfg, backend, settings, todo, done, part, progress)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return None
+    _merge_parts(cfg.out)
 
-    wanted = {p.id for p in problems}
-    records = [r for r in load_samples(samples_path) if str(r["id"]) in wanted]
+    by_id = {str(r["id"]): r for r in load_samples(samples_path)}
+    records = [by_id[p.id] for p in problems if p.id in by_id]  # selection order, however sampled
     summary = summarise(records, list(cfg.k), cfg.seed)
     result = {
         "config": cfgmod.to_dict(cfg),
@@ -142,10 +161,29 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict:
         **summary,
         "provenance": provenance(),
     }
-    write_json(out / "eval.json", result)
-    write_atomic(out / "curves.csv", curves_csv(summary))
-    plot_curves([(cfg.model, summary)], out / "curves.png", title=f"{cfg.model} on {source} ({len(records)} problems)")
+    write_json(cfg.out / "eval.json", result)
+    write_atomic(cfg.out / "curves.csv", curves_csv(summary))
+    plot_curves(
+        [(cfg.model, summary)], cfg.out / "curves.png", title=f"{cfg.model} on {source} ({len(records)} problems)"
+    )
     return result
+
+
+def _merge_parts(out: Path) -> None:
+    """Append the rows of per-process part files that samples.jsonl lacks, then remove the parts."""
+    samples_path = out / "samples.jsonl"
+    drop_torn_tail(samples_path)
+    parts = sorted(out.glob("samples.part*.jsonl"))
+    if not parts:
+        return
+    have = {str(r["id"]) for r in read_jsonl(samples_path)} if samples_path.exists() else set()
+    for part in parts:
+        drop_torn_tail(part)
+        rows = [r for r in read_jsonl(part) if str(r["id"]) not in have]
+        append_jsonl(samples_path, rows)
+        have.update(str(r["id"]) for r in rows)
+    for part in parts:
+        part.unlink()
 
 
 def resolve_backend(backend: str) -> str:
@@ -186,7 +224,7 @@ def _load_sampler(cfg, backend: str):
     return (lambda prompts, s, seed: sample_completions(model, tokenizer, prompts, s, seed)), tokenizer
 
 
-def _sample(cfg, backend, settings, todo, done, samples_path, n_problems, progress) -> None:
+def _sample(cfg, backend, settings, todo, done, samples_path, progress) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     sample, tokenizer = _load_sampler(cfg, backend)
@@ -199,7 +237,8 @@ def _sample(cfg, backend, settings, todo, done, samples_path, n_problems, progre
     )
     start, n_samples = time.monotonic(), 0
     with Progress(*columns, disable=not progress, transient=False, console=_stderr_console()) as bar:
-        task = bar.add_task("sampling", total=n_problems, completed=len(done), rate="")
+        total = sum(1 for _, chunk in todo for p in chunk if p.id not in done)
+        task = bar.add_task("sampling", total=total, rate="")
         for index, chunk in todo:
             prompts = [build_prompt(tokenizer, p, cfg.instruction) for p in chunk]
             completions = sample(prompts, settings, chunk_seed(cfg.seed, index))

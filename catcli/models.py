@@ -185,6 +185,19 @@ class LoraSettings:
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
+def _from_pretrained(spec: str, base: str, **kwargs):
+    """FastLanguageModel.from_pretrained(base), safetensors only; a failure is one ModelError line."""
+    import_unsloth()
+    from unsloth import FastLanguageModel
+
+    try:
+        with quiet_stdout():
+            return FastLanguageModel.from_pretrained(base, use_safetensors=True, **kwargs)
+    except (OSError, ValueError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"cannot load model {spec!r} ({first})") from None
+
+
 def load_model(
     spec: str,
     *,
@@ -199,21 +212,15 @@ def load_model(
     trainable instead (continuing a warm-up). Without it an adapter is loaded for inference.
     """
     resolved = resolve_model(spec)
-    import_unsloth()
+    model, tokenizer = _from_pretrained(
+        spec,
+        resolved.base,
+        load_in_4bit=load_in_4bit,
+        max_seq_length=max_seq_length,
+        trust_remote_code=trust_remote_code,
+    )
     from unsloth import FastLanguageModel
 
-    try:
-        with quiet_stdout():
-            model, tokenizer = FastLanguageModel.from_pretrained(
-                resolved.base,
-                load_in_4bit=load_in_4bit,
-                max_seq_length=max_seq_length,
-                trust_remote_code=trust_remote_code,
-                use_safetensors=True,
-            )
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(f"cannot load model {spec!r} ({first})") from None
     if resolved.adapter is not None:
         from peft import PeftModel
 
@@ -238,22 +245,14 @@ def load_for_vllm(spec: str, *, load_in_4bit: bool = True, max_seq_length: int =
     An adapter is served as a vLLM LoRA request on top of its base rather than merged.
     """
     resolved = resolve_model(spec)
-    import_unsloth()
-    from unsloth import FastLanguageModel
-
-    try:
-        with quiet_stdout():
-            model, tokenizer = FastLanguageModel.from_pretrained(
-                resolved.base,
-                load_in_4bit=load_in_4bit,
-                max_seq_length=max_seq_length,
-                fast_inference=True,
-                max_lora_rank=max_lora_rank,
-                use_safetensors=True,
-            )
-    except (OSError, ValueError) as e:
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ModelError(f"cannot load model {spec!r} with vLLM ({first})") from None
+    model, tokenizer = _from_pretrained(
+        spec,
+        resolved.base,
+        load_in_4bit=load_in_4bit,
+        max_seq_length=max_seq_length,
+        fast_inference=True,
+        max_lora_rank=max_lora_rank,
+    )
     lora_request = model.load_lora(str(resolved.adapter)) if resolved.adapter is not None else None
     return model, tokenizer, lora_request
 

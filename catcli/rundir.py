@@ -21,7 +21,14 @@ from catcli.errors import DataError, UsageError
 
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
-    """Make `out` ready: a non-empty directory is refused unless --resume or --overwrite."""
+    """Make `out` ready: a non-empty directory is refused unless --resume or --overwrite.
+
+    Under a multi-process launch only rank 0 checks and prepares it; the others would find
+    rank 0's files there and refuse.
+    """
+    if os.environ.get("RANK", "0") != "0":
+        out.mkdir(parents=True, exist_ok=True)
+        return out
     if resume and overwrite:
         raise UsageError("--resume and --overwrite contradict each other: pick one")
     if out.exists() and not out.is_dir():

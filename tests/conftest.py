@@ -47,3 +47,31 @@ def run_cli(*args: str, timeout: float = 900, env: dict | None = None) -> subpro
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def start_cli(*args: str):
+    """`catcli` as a background process in its own session (so a test can signal or kill it)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "catcli", *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(predicate, proc, timeout: float = 900) -> None:
+    """Poll until predicate() holds; fail if the process ends first or time runs out."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"process ended (rc {proc.returncode}) before the awaited state: {proc.stderr.read()[-2000:]}"
+            )
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting")

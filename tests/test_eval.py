@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, start_cli, wait_for
 
 EVAL = ["eval", "--model", "smollm2-135m", "--data", "arith", "--max-new-tokens", "24"]
 
@@ -82,6 +82,19 @@ def test_resume_with_other_settings_is_refused(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     r = run_cli(*EVAL, "--limit", "2", "--n", "2", "--k", "1,2", "--seed", "5", "--out", str(out), "--resume")
     assert r.returncode == 2 and "different seed" in r.stderr
+
+
+@pytest.mark.slow
+def test_sigint_keeps_finished_problems_and_exits_130(tmp_path):
+    out = tmp_path / "run"
+    proc = start_cli(*EVAL, "--limit", "6", "--n", "2", "--k", "1,2", "--batch-size", "1", "--out", str(out))
+    samples = out / "samples.jsonl"
+    wait_for(lambda: samples.exists() and samples.read_text().count("\n") >= 1, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rerun with --resume" in err and "Traceback" not in err
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    assert 1 <= len(rows) < 6 and not (out / "eval.json").exists()
 
 
 @pytest.mark.gpu

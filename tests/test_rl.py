@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import time
 
 import pytest
 import torch
 
 from catcli import objectives
 from catcli.objectives import parse_strategy
-from conftest import run_cli
+from conftest import run_cli, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -171,3 +174,41 @@ def test_rl_cli_runs_and_writes_outputs(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["global_step"] == 2 and run["strategy"] == "maj@4"
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_rl_killed_after_a_checkpoint_resumes_from_it(tmp_path):
+    out = tmp_path / "rl"
+    args = [
+        "rl",
+        "--model",
+        "smollm2-135m",
+        "--data",
+        "arith",
+        "--levels",
+        "1",
+        "--strategy",
+        "maj@4",
+        "--num-generations",
+        "4",
+        "--prompts-per-step",
+        "1",
+        "--max-steps",
+        "3",
+        "--max-new-tokens",
+        "16",
+        "--save-steps",
+        "1",
+        "--out",
+        str(out),
+    ]
+    proc = start_cli(*args)
+    wait_for(lambda: (out / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists(), proc)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    r = run_cli(*args, "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3
+    steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 3  # continued, never logged a step twice

@@ -14,7 +14,7 @@ import torch
 
 from catcli import objectives
 from catcli.objectives import parse_strategy
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, start_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -250,3 +250,32 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     )
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert json.loads(ev.stdout)["model"] == str(out)
+
+
+def test_sigint_saves_a_checkpoint_and_exits_130(tmp_path):
+    out = tmp_path / "sft"
+    proc = start_cli(
+        "sft",
+        "--model",
+        "smollm2-135m",
+        "--data",
+        "arith",
+        "--max-steps",
+        "200",
+        "--batch-size",
+        "1",
+        "--grad-accum",
+        "1",
+        "--save-steps",
+        "1000",
+        "--out",
+        str(out),
+    )
+    wait_for(lambda: (out / "train_log.jsonl").exists(), proc)  # training is under way
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err[-2000:]
+    assert "Traceback" not in err and "rerun with --resume" in err
+    ckpts = list((out / "checkpoints").glob("checkpoint-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "trainer_state.json").exists()  # saved on Ctrl-C, not by save_steps
+    assert not (out / "adapter").exists()

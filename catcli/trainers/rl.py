@@ -17,9 +17,6 @@ given (clip 10, batch-mean 1, all-wrong penalty); bon@N from the within-group re
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,17 +27,10 @@ from catcli import objectives
 from catcli.data import load_selection
 from catcli.errors import UsageError
 from catcli.grading import extract_boxed, grade_completion, vote_key
-from catcli.models import (
-    LoraSettings,
-    base_spec,
-    import_unsloth,
-    load_model,
-    resolve_model,
-    save_adapter,
-    seed_everything,
-)
+from catcli.models import LoraSettings, import_unsloth, load_model
 from catcli.prompts import DEFAULT_INSTRUCTION, user_message
-from catcli.rundir import prepare_out, provenance, resume_checkpoint, write_json
+from catcli.rundir import provenance
+from catcli.trainers import common_args, start_run, train_and_save, train_log_callback
 
 _PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
 _NO_ANSWER = "\x00no-answer"  # failed extractions share one wrong key (cat-spec §2)
@@ -216,43 +206,22 @@ def _wrong_mode(keys: list[str], correct: list[bool]) -> int:
     return max(wrong.values(), default=0)
 
 
-def _train_log_callback(path: Path, trainer_ref: list):
-    from transformers import TrainerCallback
+def _log_row(logs: dict, window: list) -> dict:
+    """Reward, zero-std groups, and the CAT weights and dynamic k since the last line."""
+    import torch
 
-    class TrainLog(TrainerCallback):
-        """One JSON line per step: reward, zero-std groups, CAT weights, dynamic k."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            trainer = trainer_ref[0]
-            if not logs or "loss" not in logs:
-                return
-            window, trainer.cat_window = trainer.cat_window, []
-            if not state.is_world_process_zero:
-                return
-            import torch
-
-            row = {
-                "step": state.global_step,
-                "loss": logs["loss"],
-                "reward_mean": logs.get("reward"),
-                "frac_reward_zero_std": logs.get("frac_reward_zero_std"),
-            }
-            if window:
-                w = torch.cat([x["w"] for x in window])
-                ks = [k for x in window for k in (x["ks"] or ())]
-                row.update(
-                    weight_mean=w.mean().item(),
-                    weight_min=w.min().item(),
-                    weight_max=w.max().item(),
-                    dynamic_k=ks or None,
-                )
-            else:
-                row.update(weight_mean=1.0, weight_min=1.0, weight_max=1.0, dynamic_k=None)
-            row["time"] = time.time()
-            with path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    return TrainLog()
+    row = {"reward_mean": logs.get("reward"), "frac_reward_zero_std": logs.get("frac_reward_zero_std")}
+    if not window:  # vanilla GRPO: every weight is 1
+        return {**row, "weight_mean": 1.0, "weight_min": 1.0, "weight_max": 1.0, "dynamic_k": None}
+    w = torch.cat([x["w"] for x in window])
+    ks = [k for x in window for k in (x["ks"] or ())]
+    return {
+        **row,
+        "weight_mean": w.mean().item(),
+        "weight_min": w.min().item(),
+        "weight_max": w.max().item(),
+        "dynamic_k": ks or None,
+    }
 
 
 def build_dataset(cfg: RLRunConfig):
@@ -272,27 +241,19 @@ def run_rl(cfg: RLRunConfig, progress: bool = True) -> dict:
     """Train with CAT-weighted GRPO; writes OUT/adapter, train_log.jsonl, run.json. Resumable."""
     strategy = cfg.validate()
     dataset, problems = build_dataset(cfg)
-    model_spec = cfg.init_adapter or cfg.model
-    resolve_model(model_spec)  # an unknown model fails here, before --out is touched
-    out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
-    ckpt_dir = out / "checkpoints"
-    resume_from = resume_checkpoint(out) if cfg.resume else None
-    log_path = out / "train_log.jsonl"
-    seed = seed_everything(cfg.seed)
-    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")
-
+    run = start_run(cfg)
     trainer_cls = _cat_grpo_trainer_class()
     from trl import GRPOConfig
 
     model, tokenizer = load_model(
-        model_spec,
+        run.model_spec,
         load_in_4bit=cfg.load_in_4bit,
         max_seq_length=cfg.max_seq_length,
         lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets),
         trust_remote_code=cfg.trust_remote_code,
     )
     args = GRPOConfig(
-        output_dir=str(ckpt_dir),
+        **common_args(cfg, run, progress),
         per_device_train_batch_size=cfg.prompts_per_step * cfg.num_generations,
         gradient_accumulation_steps=1,
         num_generations=cfg.num_generations,
@@ -301,16 +262,7 @@ def run_rl(cfg: RLRunConfig, progress: bool = True) -> dict:
         top_p=cfg.top_p,
         beta=cfg.beta,
         loss_type=cfg.loss_type,
-        learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
         max_steps=cfg.max_steps,
-        logging_steps=1,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=seed,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        disable_tqdm=not progress,
     )
     trainer_ref: list = []
     trainer = trainer_cls(
@@ -321,10 +273,10 @@ def run_rl(cfg: RLRunConfig, progress: bool = True) -> dict:
         processing_class=tokenizer,
         strategy=strategy,
         form=cfg.form,
-        callbacks=[_train_log_callback(log_path, trainer_ref)],
+        callbacks=[train_log_callback(run.log_path, trainer_ref, _log_row)],
     )
     trainer_ref.append(trainer)
-    run = {
+    record = {
         "config": cfgmod.to_dict(cfg),
         "strategy": str(strategy),
         "n_problems": len(problems),
@@ -332,11 +284,4 @@ def run_rl(cfg: RLRunConfig, progress: bool = True) -> dict:
         f"x {trainer.accelerator.num_processes} processes",
         "provenance": provenance(),
     }
-    if trainer.is_world_process_zero():
-        write_json(out / "run.json", run)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if trainer.is_world_process_zero():
-        save_adapter(trainer.model, tokenizer, out / "adapter", base_spec(model_spec))
-        run = {**run, "global_step": trainer.state.global_step}
-        write_json(out / "run.json", run)
-    return run
+    return train_and_save(trainer, tokenizer, run, record)

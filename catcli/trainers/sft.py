@@ -17,9 +17,6 @@ way CE is. It needs the full logits, so it skips the fused LM head.
 
 from __future__ import annotations
 
-import json
-import os
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
@@ -28,18 +25,10 @@ from catcli import config as cfgmod
 from catcli import objectives
 from catcli.data import load_selection
 from catcli.errors import UsageError
-from catcli.models import (
-    LoraSettings,
-    base_spec,
-    import_unsloth,
-    load_model,
-    resolve_model,
-    save_adapter,
-    save_merged,
-    seed_everything,
-)
+from catcli.models import LoraSettings, import_unsloth, load_model
 from catcli.prompts import DEFAULT_INSTRUCTION, build_target, user_message
-from catcli.rundir import prepare_out, provenance, resume_checkpoint, write_json
+from catcli.rundir import provenance
+from catcli.trainers import common_args, start_run, train_and_save, train_log_callback
 
 _PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
 
@@ -189,37 +178,21 @@ def _cat_sft_trainer_class():
     return CATSFTTrainer
 
 
-def _train_log_callback(path: Path, trainer_ref: list):
-    from transformers import TrainerCallback
+def _log_row(logs: dict, window: list) -> dict:
+    """loss is in the line already; add the CAT weights and mean sequence p since the last line."""
+    import torch
 
-    class TrainLog(TrainerCallback):
-        """One JSON line per logged step: loss and the CAT weights seen since the last line."""
-
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            trainer = trainer_ref[0]
-            if not logs or "loss" not in logs:
-                return
-            window, trainer.cat_window = trainer.cat_window, []
-            if not state.is_world_process_zero or not window:
-                return
-            import torch
-
-            w = torch.cat([w for w, _ in window])
-            p = torch.cat([lp for _, lp in window]).exp()
-            row = {
-                "step": state.global_step,
-                "loss": logs["loss"],
-                "weight_mean": w.mean().item(),
-                "weight_min": w.min().item(),
-                "weight_max": w.max().item(),
-                "p_mean": p.mean().item(),
-                "lr": logs.get("learning_rate"),
-                "time": time.time(),
-            }
-            with path.open("a") as f:
-                f.write(json.dumps(row) + "\n")
-
-    return TrainLog()
+    if not window:
+        return {}
+    w = torch.cat([w for w, _ in window])
+    p = torch.cat([lp for _, lp in window]).exp()
+    return {
+        "weight_mean": w.mean().item(),
+        "weight_min": w.min().item(),
+        "weight_max": w.max().item(),
+        "p_mean": p.mean().item(),
+        "lr": logs.get("learning_rate"),
+    }
 
 
 def build_dataset(cfg: SFTRunConfig):
@@ -243,44 +216,26 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     """Train, checkpointing every save_steps; writes OUT/adapter, train_log.jsonl, run.json."""
     strategy = cfg.validate()
     dataset, problems = build_dataset(cfg)
-    model_spec = cfg.init_adapter or cfg.model
-    resolve_model(model_spec)  # an unknown model fails here, before --out is touched
-    out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
-    ckpt_dir = out / "checkpoints"
-    resume_from = resume_checkpoint(out) if cfg.resume else None
-    log_path = out / "train_log.jsonl"
-    seed = seed_everything(cfg.seed)
-    os.environ.setdefault("UNSLOTH_RETURN_LOGITS", "1")  # Unsloth on GPU returns no logits in training otherwise
-
+    run = start_run(cfg)
     trainer_cls = _cat_sft_trainer_class()
     from trl import SFTConfig
 
-    lora = LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)
     model, tokenizer = load_model(
-        model_spec,
+        run.model_spec,
         load_in_4bit=cfg.load_in_4bit,
         max_seq_length=cfg.max_length,
-        lora=lora,
+        lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets),
         trust_remote_code=cfg.trust_remote_code,
     )
     args = SFTConfig(
-        output_dir=str(ckpt_dir),
+        **common_args(cfg, run, progress),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        learning_rate=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        max_grad_norm=cfg.max_grad_norm,
         lr_scheduler_type="linear",
         warmup_steps=0,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         max_length=cfg.max_length,
-        logging_steps=1,
-        save_steps=cfg.save_steps,
-        save_total_limit=2,
-        seed=seed,
-        report_to=[] if cfg.report_to == "none" else [cfg.report_to],
-        disable_tqdm=not progress,
         dataset_num_proc=None,
         completion_only_loss=True,
     )
@@ -293,26 +248,17 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
         strategy=strategy,
         reduction=cfg.resolved_reduction,
         hybrid=cfg.hybrid,
-        callbacks=[_train_log_callback(log_path, trainer_ref)],
+        callbacks=[train_log_callback(run.log_path, trainer_ref, _log_row)],
     )
     trainer_ref.append(trainer)
-    run = {
+    record = {
         "config": cfgmod.to_dict(cfg),
         "strategy": str(strategy),
         "n_problems": len(problems),
         "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
         "provenance": provenance(),
     }
-    if trainer.is_world_process_zero():
-        write_json(out / "run.json", run)
-    trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    if trainer.is_world_process_zero():
-        save_adapter(trainer.model, tokenizer, out / "adapter", base_spec(model_spec))
-        if cfg.save_merged:
-            save_merged(out / "adapter", out / "merged")
-        run = {**run, "global_step": trainer.state.global_step}
-        write_json(out / "run.json", run)
-    return run
+    return train_and_save(trainer, tokenizer, run, record, merged=cfg.save_merged)
 
 
 def with_defaults_for_target(cfg: SFTRunConfig) -> SFTRunConfig:

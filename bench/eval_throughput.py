@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="2 problems x 2 samples x 8 tokens (CI smoke)")
     ap.add_argument("--problems", type=int, default=16)
     ap.add_argument("--n", type=int, default=8)
-    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--batch-size", type=int, default=16)  # catcli eval's default
     ap.add_argument("--max-new-tokens", type=int, default=48)
     args = ap.parse_args()
     if args.quick:

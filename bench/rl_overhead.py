@@ -96,6 +96,7 @@ def main() -> None:
                 "grpo_step_s": statistics.median(times["grpo"]),
                 "cat_step_s": statistics.median(times["cat"]),
                 "ratio_median": statistics.median(ratios),
+                "pair_ratios": [round(r, 4) for r in ratios],
                 "target_ratio": 1.03,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "quick": args.quick,

@@ -88,6 +88,7 @@ def main() -> None:
                 "ce_step_s": statistics.median(times["ce"]),
                 "cat_step_s": statistics.median(times["cat"]),
                 "ratio_median": statistics.median(ratios),
+                "pair_ratios": [round(r, 4) for r in ratios],
                 "target_ratio": 1.02,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "quick": args.quick,

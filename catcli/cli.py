@@ -276,7 +276,7 @@ def eval_cmd(
     top_p: TopPOpt = None,
     max_new_tokens: MaxNewTokensOpt = None,
     batch_size: Annotated[
-        Optional[int], typer.Option("--batch-size", help="Problems per generate call. [default: 8]")
+        Optional[int], typer.Option("--batch-size", help="Problems per generate call (x n sequences). [default: 16]")
     ] = None,
     instruction: InstructionOpt = None,
     backend: Annotated[

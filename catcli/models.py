@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import json
+import logging
 import os
 import random
 import re
@@ -46,6 +47,8 @@ def quiet_stdout():
 def import_unsloth():
     """Import Unsloth before transformers/TRL are used: it patches them on import."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network here: skip its ping
+    # torch warns about each Enum that unsloth's kernels register with pytree: noise to a user
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
     with quiet_stdout():
         import unsloth  # noqa: F401
 

@@ -158,14 +158,21 @@ BAD_DATA = [
 ]
 
 
+def _assert_one_line(r, code: int, fragment: str) -> None:
+    assert r.returncode == code, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert fragment in lines[0] and lines[0].startswith("catcli: error: ")
+    assert "Traceback" not in r.stderr and r.stdout == ""
+
+
 @pytest.mark.parametrize("argv,code,fragment", BAD_DATA, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_bad_input_is_one_line_and_exit_code(capsys, argv, code, fragment):
-    got, out, err = call(capsys, *argv)
-    assert got == code, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert fragment in lines[0]
-    assert "Traceback" not in err and out == ""
+def test_bad_input_is_one_line_and_exit_code(tmp_path, argv, code, fragment):
+    """Through the real CLI in a subprocess, with --out pointing at a directory that must stay absent."""
+    out = tmp_path / "out"
+    extra = ["--out", str(out)] if argv[0] == "eval" else []
+    _assert_one_line(run_cli(*argv, *extra), code, fragment)
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
@@ -268,6 +275,7 @@ TRAIN_BAD = [
 
 
 @pytest.mark.parametrize("argv,fragment", TRAIN_BAD, ids=lambda v: " ".join(v) if isinstance(v, list) else None)
-def test_training_bad_flags(capsys, argv, fragment):
-    code, out, err = call(capsys, *argv, "--dry-run")
-    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+def test_training_bad_flags(tmp_path, argv, fragment):
+    out = tmp_path / "out"
+    _assert_one_line(run_cli(*argv, "--out", str(out)), 2, fragment)
+    assert not out.exists()

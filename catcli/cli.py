@@ -616,8 +616,11 @@ def rl(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; known errors become one stderr line and an exit code (errors.py)."""
     debug = os.environ.get("CATCLI_DEBUG") == "1"
+    interrupted = "catcli: interrupted; finished work is saved: rerun with --resume to continue"
     try:
         result = app(args=argv, prog_name="catcli", standalone_mode=False)
+        if result == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this code itself, silently
+            print(interrupted, file=sys.stderr)
         return result if isinstance(result, int) else 0
     except CatError as e:
         if debug:
@@ -630,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"catcli: error: {e.format_message()} (see catcli --help)", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, typer.Abort):
-        print("catcli: interrupted; finished work is saved: rerun with --resume to continue", file=sys.stderr)
+        print(interrupted, file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as e:  # a bug: one line unless debugging
         if debug:

@@ -107,7 +107,7 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
 def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     """Run the whole evaluation; returns the eval.json object (None on ranks other than 0).
 
-    Interrupted runs resume. Under `accelerate launch` each process samples the chunks whose
+    Interrupted runs resume. Under `accelerate launch` / `torchrun` each process samples the chunks whose
     index it owns (i mod world size) into its own part file, and rank 0 merges them: chunk seeds
     do not depend on the number of processes, so the result equals a one-process run.
     """
@@ -120,7 +120,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     )
     backend = resolve_backend(cfg.backend)
     resolve_model(cfg.model)  # an unknown model fails here, before --out is touched
-    state = PartialState()
+    import torch
+
+    state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPU is MULTI_CPU
     samples_path = cfg.out / "samples.jsonl"
     if state.is_main_process:
         out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)

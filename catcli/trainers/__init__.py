@@ -44,7 +44,10 @@ def start_run(cfg) -> TrainingRun:
 
 def common_args(cfg, run: TrainingRun, progress: bool) -> dict:
     """TrainingArguments both trainers set the same way: log every step, keep two checkpoints."""
+    import torch
+
     return dict(
+        use_cpu=not torch.cuda.is_available(),  # also what makes torchrun on CPU data-parallel (gloo)
         output_dir=str(run.out / "checkpoints"),
         learning_rate=cfg.lr,
         weight_decay=cfg.weight_decay,
@@ -120,10 +123,10 @@ def train_and_save(trainer, tokenizer, run: TrainingRun, record: dict, merged: b
     if main:
         write_json(run.out / "run.json", record)
     train_interruptibly(trainer, run.resume_from)
+    record = {**record, "global_step": trainer.state.global_step}
     if main:
         save_adapter(trainer.model, tokenizer, run.out / "adapter", base_spec(run.model_spec))
         if merged:
             save_merged(run.out / "adapter", run.out / "merged")
-        record = {**record, "global_step": trainer.state.global_step}
         write_json(run.out / "run.json", record)
     return record

@@ -94,8 +94,9 @@ def _off_main_thread(fn, *args, default):
         future = pool.submit(fn, *args)
         try:
             return future.result(timeout=3 * TIMEOUT_S + 5)
-        except cf.TimeoutError:
-            for proc in list(getattr(pool, "_processes", {}).values()):
+        except (cf.TimeoutError, cf.process.BrokenProcessPool):
+            # overran, or the worker died (killed, out of memory): grade as wrong, start afresh
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
                 proc.kill()
             pool.shutdown(wait=False, cancel_futures=True)
             _pool = None

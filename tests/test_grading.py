@@ -123,3 +123,19 @@ def test_grader_on_real_math_solutions():
         wrong += not grade_completion(other["answer"], r["solution"])
     assert own >= 0.995
     assert wrong / len(sample) >= 0.995
+
+
+def _die(*args):
+    import os
+
+    os._exit(1)
+
+
+def test_a_dead_grading_worker_grades_wrong_and_recovers():
+    """A worker that dies (killed, out of memory) must not take the caller down."""
+    from catcli import grading
+
+    with cf.ThreadPoolExecutor(1) as pool:
+        assert pool.submit(grading._off_main_thread, _die, "x", default=False).result(timeout=120) is False
+        # the next call gets a fresh worker
+        assert pool.submit(grading._off_main_thread, grading._mv_key, "0.5", default=None).result(timeout=120) == "1/2"

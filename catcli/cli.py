@@ -111,11 +111,6 @@ def _ks(text: str | None) -> tuple[int, ...] | None:
         raise UsageError(str(e)) from None
 
 
-def _check_count(name: str, value: int | None, minimum: int = 1) -> None:
-    if value is not None and value < minimum:
-        raise UsageError(f"--{name} must be at least {minimum}, got {value}")
-
-
 # ---------------------------------------------------------------- data
 
 
@@ -297,8 +292,6 @@ def eval_cmd(
     from catcli.curves import metrics_table
     from catcli.evaluation import EvalConfig, run_eval
 
-    for name, value in (("n", n), ("limit", limit), ("max-new-tokens", max_new_tokens), ("batch-size", batch_size)):
-        _check_count(name, value)
     flags = dict(
         model=model,
         data=data,

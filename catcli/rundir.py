@@ -75,7 +75,7 @@ def append_jsonl(path: Path, rows: list[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: Path, *, tolerate_torn_tail: bool = True) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
     """Rows of a JSONL file. A torn last line (no newline: the writer was killed) is dropped."""
     try:
         text = path.read_bytes().decode("utf-8")
@@ -97,8 +97,7 @@ def read_jsonl(path: Path, *, tolerate_torn_tail: bool = True) -> list[dict]:
         try:
             rows.append(json.loads(torn))
         except json.JSONDecodeError:
-            if not tolerate_torn_tail:
-                raise DataError(f"{path} ends in a truncated line") from None
+            pass  # the unit it belonged to was not finished; --resume redoes it
     return rows
 
 

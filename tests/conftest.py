@@ -75,3 +75,24 @@ def wait_for(predicate, proc, timeout: float = 900) -> None:
             )
         time.sleep(0.3)
     raise AssertionError("timed out waiting")
+
+
+def tiny_llama():
+    """A 2-layer random Llama with the embedded model's tokenizer: (model, tokenizer), seeded."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from catcli.models import embedded_checkpoint
+
+    tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    return LlamaForCausalLM(cfg).float(), tok

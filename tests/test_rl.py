@@ -12,7 +12,7 @@ import torch
 
 from catcli import objectives
 from catcli.objectives import parse_strategy
-from conftest import run_cli, start_cli, wait_for
+from conftest import run_cli, start_cli, tiny_llama, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -20,27 +20,14 @@ M = 4  # rollouts per prompt
 
 
 def _trainer(tmp_path, strategy: str, pattern: list[float], form: str = "raw", max_tokens: int = 6):
-    from catcli.models import embedded_checkpoint
     from catcli.trainers.rl import _cat_grpo_trainer_class
 
     trainer_cls = _cat_grpo_trainer_class()
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import GRPOConfig
 
-    tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
+    model, tok = tiny_llama()
     tok.pad_token = tok.pad_token or tok.eos_token
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-    )
-    model = LlamaForCausalLM(cfg).float()
 
     def stub_correctness(completions, **kwargs):  # column 0: the pattern, whatever was generated
         return list(pattern)

@@ -14,32 +14,19 @@ import torch
 
 from catcli import objectives
 from catcli.objectives import parse_strategy
-from conftest import ROOT, run_cli, start_cli, wait_for
+from conftest import ROOT, run_cli, start_cli, tiny_llama, wait_for
 
 pytestmark = pytest.mark.slow
 
 
 def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str, str]], hybrid: bool = False):
-    from catcli.models import embedded_checkpoint
     from catcli.trainers.sft import _cat_sft_trainer_class
 
     trainer_cls = _cat_sft_trainer_class()
     from datasets import Dataset
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
     from trl import SFTConfig
 
-    tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
-    model = LlamaForCausalLM(cfg).float()
+    model, tok = tiny_llama()
     data = Dataset.from_list(
         [
             {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}

@@ -42,24 +42,37 @@ def chunks(problems: Sequence[Problem], batch_size: int) -> Iterator[tuple[int, 
 
 
 def sample_completions(model, tokenizer, prompts: list[str], settings: SamplingSettings, seed: int) -> list[list[str]]:
-    """n sampled completions for each prompt, from one batched `generate` call (left padding)."""
+    """n sampled completions for each prompt, from one batched `generate` call (left padding).
+
+    Each prompt is run through the model once, and its KV cache copied to its n sequences:
+    plain `num_return_sequences` would recompute the prompt n times, which on a CPU is most of
+    the work when completions are short. The sampled tokens are the same either way (same
+    shapes, same random draws); `tests/test_eval.py` checks that against plain `generate`.
+    """
     import torch
+    from transformers import DynamicCache
 
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    ids, mask, n = enc["input_ids"], enc["attention_mask"], settings.n
     torch.manual_seed(seed)
     with torch.inference_mode():
+        cache = DynamicCache()
+        # all but the last prompt token: generate needs at least one uncached token to start from
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1], past_key_values=cache)
+        cache.batch_repeat_interleave(n)
         out = model.generate(
-            **enc,
+            input_ids=ids.repeat_interleave(n, 0),
+            attention_mask=mask.repeat_interleave(n, 0),
+            past_key_values=cache,
             do_sample=True,
             temperature=settings.temperature,
             top_p=settings.top_p,
             max_new_tokens=settings.max_new_tokens,
-            num_return_sequences=settings.n,
             pad_token_id=tokenizer.pad_token_id,
         )
-    texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-    n = settings.n
+    texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
     return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
 
 

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli, start_cli, wait_for
+from conftest import ROOT, run_cli, start_cli, tiny_llama, wait_for
 
 EVAL = ["eval", "--model", "smollm2-135m", "--data", "arith", "--max-new-tokens", "24"]
 
@@ -95,6 +95,32 @@ def test_sigint_keeps_finished_problems_and_exits_130(tmp_path):
     assert proc.returncode == 130 and "rerun with --resume" in err and "Traceback" not in err
     rows = [json.loads(line) for line in samples.read_text().splitlines()]
     assert 1 <= len(rows) < 6 and not (out / "eval.json").exists()
+
+
+def test_shared_prompt_cache_samples_what_plain_generate_samples():
+    """Prefilling each prompt once and copying its cache n times must not change a single token,
+    also for prompts of different lengths (left padding)."""
+    import torch
+
+    from catcli.samples import SamplingSettings, sample_completions
+
+    model, tok = tiny_llama()
+    tok.pad_token = tok.eos_token  # as load_model sets it
+    prompts = ["Problem:\nWhat is $12 + 7$?", "Problem:\nWhat is $3 \\times 41$? Think step by step, then answer."]
+    settings = SamplingSettings(n=5, temperature=1.0, top_p=0.95, max_new_tokens=12)
+    shared = sample_completions(model, tok, prompts, settings, seed=7)
+
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    assert enc["attention_mask"][0].sum() < enc["attention_mask"][1].sum()  # the padding case is exercised
+    torch.manual_seed(7)
+    with torch.inference_mode():
+        out = model.generate(
+            **enc, do_sample=True, temperature=1.0, top_p=0.95, max_new_tokens=12,
+            num_return_sequences=5, pad_token_id=tok.pad_token_id,
+        )  # fmt: skip
+    plain = tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert [c for row in shared for c in row] == plain
+    assert len(set(plain)) > 5  # sampled, not one repeated string
 
 
 @pytest.mark.gpu

@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=12
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/demo.sh

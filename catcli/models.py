@@ -208,8 +208,12 @@ def load_model(
     max_seq_length: int = 1024,
     lora: LoraSettings | None = None,
     trust_remote_code: bool = False,
+    dtype=None,
 ):
     """Load `--model` through Unsloth's FastLanguageModel; returns (model, tokenizer).
+
+    `dtype` (a torch dtype) is that of the unquantised weights; None lets Unsloth pick
+    (bfloat16 where the hardware has it, else float16 on GPU and float32 on CPU).
 
     With `lora`, a fresh LoRA is attached unless the model is an adapter, which is loaded
     trainable instead (continuing a warm-up). Without it an adapter is loaded for inference.
@@ -221,6 +225,7 @@ def load_model(
         load_in_4bit=load_in_4bit,
         max_seq_length=max_seq_length,
         trust_remote_code=trust_remote_code,
+        dtype=dtype,
     )
     from unsloth import FastLanguageModel
 

@@ -29,9 +29,9 @@ QUICK_EVAL = ["--limit", "4", "--n", "4", "--k", "1,2,4", "--batch-size", "4"]
 
 
 def catcli(*args: str, capture: bool = False) -> str:
-    r = subprocess.run(
-        [sys.executable, "-m", "catcli", *args], stdout=subprocess.PIPE if capture else None, text=True
-    )
+    """Run a catcli command; its own output goes to stderr (stdout is this script's JSON) unless captured."""
+    out = subprocess.PIPE if capture else sys.stderr
+    r = subprocess.run([sys.executable, "-m", "catcli", *args], stdout=out, text=True)
     if r.returncode != 0:
         sys.exit(f"cat_vs_ce: `catcli {' '.join(args)}` failed with exit {r.returncode}")
     return r.stdout

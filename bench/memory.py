@@ -5,11 +5,13 @@ process of its own, because a process's peak only grows. The step is `catcli sft
 (CAT pass@16, solution targets) for a few optimizer steps, so weights, activations, LoRA
 gradients and AdamW state all count.
 
-CPU: peak RSS over the steps (the high-water mark is reset after loading, via
-/proc/self/clear_refs), reported as is and minus the RSS the process had before the model was
-loaded (torch, transformers, TRL and Unsloth themselves, ~0.9 GB, the same for every arm).
-The 16-bit arm is bfloat16 (emulated, so slow, on CPUs without native bf16); float32, what
-Unsloth picks on such CPUs, is reported beside it. GPU: torch.cuda.max_memory_allocated.
+The target pairs 4-bit with 16-bit at the same compute dtype, bfloat16 (emulated, so slow, on
+CPUs without native bf16); float32, what Unsloth picks on such CPUs, is paired the same way.
+
+CPU: peak RSS over the steps (after loading, freed heap is handed back with malloc_trim and the
+high-water mark reset via /proc/self/clear_refs, so loading's garbage does not count), as is
+and minus the RSS the process had before the model was loaded (torch, transformers, TRL and
+Unsloth themselves, ~0.9 GB, the same for every arm). GPU: torch.cuda.max_memory_allocated.
 
     python bench/memory.py [--quick] [--steps 2] [--batch-size 8]
 """
@@ -17,6 +19,7 @@ Unsloth picks on such CPUs, is reported beside it. GPU: torch.cuda.max_memory_al
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -24,7 +27,24 @@ import subprocess
 import sys
 import tempfile
 
-ARMS = {"4bit": (True, None), "16bit": (False, "bfloat16"), "fp32": (False, "float32")}
+# name: (4-bit base weights, dtype of the unquantised weights and of the compute)
+# SmolLM2-1.7B's shape: weights (3.4 GB in bf16) dominate a short step, as they do for 7B models
+SHAPES = {
+    "1.7b": dict(
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=24,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=64,
+    )
+}
+ARMS = {
+    "4bit_bf16": (True, "bfloat16"),
+    "16bit_bf16": (False, "bfloat16"),
+    "4bit_fp32": (True, "float32"),
+    "fp32": (False, "float32"),
+}
 
 
 def _status_kb(field: str) -> int:
@@ -35,7 +55,29 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def child(arm: str, steps: int, batch_size: int) -> dict:
+def random_checkpoint(shape: str) -> str:
+    """A random-init Llama with SmolLM2's tokenizer and the shape of SmolLM2-1.7B, saved once in
+    bf16 under $CATCLI_HOME/bench/ (no download: only the memory footprint matters here)."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from catcli.models import catcli_home, embedded_checkpoint
+
+    out = catcli_home() / "bench" / f"random-smollm2-{shape}"
+    if not (out / "model.safetensors.index.json").exists() and not (out / "model.safetensors").exists():
+        config = LlamaConfig.from_pretrained(embedded_checkpoint())
+        for key, value in SHAPES[shape].items():
+            setattr(config, key, value)
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+        tmp = out.with_name(out.name + ".tmp")
+        model.save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(embedded_checkpoint()).save_pretrained(tmp)
+        tmp.rename(out)
+    return str(out)
+
+
+def child(arm: str, model_spec: str, target: str, steps: int, batch_size: int) -> dict:
     """One configuration: load, train `steps` steps, report its memory in MiB."""
     from catcli.models import LoraSettings, import_unsloth, load_model, seed_everything
 
@@ -48,12 +90,10 @@ def child(arm: str, steps: int, batch_size: int) -> dict:
 
     cuda = torch.cuda.is_available()
     seed_everything(0)
-    dataset, _ = build_dataset(SFTRunConfig(data="arith", levels="1-3", target="solution", limit=64))
+    dataset, _ = build_dataset(SFTRunConfig(data="arith", levels="1-3", target=target, limit=64))
     before_load = _status_kb("VmRSS")
     load_in_4bit, dtype = ARMS[arm]
-    model, tok = load_model(
-        "smollm2-135m", load_in_4bit=load_in_4bit, dtype=dtype and getattr(torch, dtype), lora=LoraSettings()
-    )
+    model, tok = load_model(model_spec, load_in_4bit=load_in_4bit, dtype=getattr(torch, dtype), lora=LoraSettings())
     trainer = _cat_sft_trainer_class()(
         model=model,
         args=SFTConfig(
@@ -71,7 +111,9 @@ def child(arm: str, steps: int, batch_size: int) -> dict:
         strategy=parse_strategy("pass@16"),
         reduction="token",
     )
-    after_load, load_peak = _status_kb("VmRSS"), _status_kb("VmHWM")
+    load_peak = _status_kb("VmHWM")
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    after_load = _status_kb("VmRSS")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with open("/proc/self/clear_refs", "w") as f:
@@ -91,35 +133,56 @@ def child(arm: str, steps: int, batch_size: int) -> dict:
     return result
 
 
+def measure(model_spec: str, target: str, arms: list[str], steps: int, batch_size: int) -> dict:
+    results = {}
+    for arm in arms:
+        cmd = [sys.executable, __file__, "--child", arm, "--model", model_spec, "--target", target]
+        cmd += ["--steps", str(steps), "--batch-size", str(batch_size)]
+        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+        results[arm] = json.loads(r.stdout.strip().splitlines()[-1])
+    key = (
+        "peak_cuda_allocated_mib"
+        if "peak_cuda_allocated_mib" in results[arms[0]]
+        else "peak_rss_step_above_imports_mib"
+    )
+    out = {"target": target, "steps": steps, "batch_size": batch_size, "arms": results, "measure": key}
+    out["ratio_4bit_16bit"] = results["4bit_bf16"][key] / results["16bit_bf16"][key]
+    out["ratio_4bit_16bit_whole_process"] = (
+        results["4bit_bf16"]["peak_rss_step_mib"] / results["16bit_bf16"]["peak_rss_step_mib"]
+    )
+    if "fp32" in results:
+        out["ratio_4bit_fp32"] = results["4bit_fp32"][key] / results["fp32"][key]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--quick", action="store_true", help="1 step on 2 sequences (CI smoke)")
+    ap.add_argument("--quick", action="store_true", help="the 16-bit pair, 1 step on 1 short sequence (CI smoke)")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--child", choices=sorted(ARMS), help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="smollm2-135m", help=argparse.SUPPRESS)
+    ap.add_argument("--target", default="solution", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    steps, batch_size = (1, 2) if args.quick else (args.steps, args.batch_size)
     if args.child:
-        print(json.dumps(child(args.child, steps, batch_size)))
+        print(json.dumps(child(args.child, args.model, args.target, args.steps, args.batch_size)))
         return
 
-    arms = {}
-    for arm in ARMS:
-        cmd = [sys.executable, __file__, "--child", arm, "--steps", str(steps), "--batch-size", str(batch_size)]
-        r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
-        arms[arm] = json.loads(r.stdout.strip().splitlines()[-1])
-    key = "peak_cuda_allocated_mib" if "peak_cuda_allocated_mib" in arms["4bit"] else "peak_rss_step_above_imports_mib"
+    bf16_pair = ["4bit_bf16", "16bit_bf16"]
+    if args.quick:
+        shapes = {"135m": measure("smollm2-135m", "answer", bf16_pair, 1, 1)}
+    else:
+        shapes = {
+            "135m": measure("smollm2-135m", "solution", list(ARMS), args.steps, args.batch_size),
+            # one step on one answer-only sequence: emulated bf16 makes a 1.7B step take minutes here
+            "1.7b": measure(random_checkpoint("1.7b"), "answer", bf16_pair, 1, 1),
+        }
     print(
         json.dumps(
             {
                 "bench": "memory",
-                "steps": steps,
-                "batch_size": batch_size,
-                "arms": arms,
-                "measure": key,
-                "ratio_4bit_16bit": arms["4bit"][key] / arms["16bit"][key],
-                "ratio_4bit_fp32": arms["4bit"][key] / arms["fp32"][key],
-                "ratio_4bit_16bit_whole_process": arms["4bit"]["peak_rss_step_mib"] / arms["16bit"]["peak_rss_step_mib"],
+                "shapes": shapes,
+                "ratio_4bit_16bit": {name: r["ratio_4bit_16bit"] for name, r in shapes.items()},
                 "target_ratio": 0.6,
                 "machine": f"{platform.machine()}, {os.cpu_count()} cores",
                 "quick": args.quick,

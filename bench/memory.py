@@ -114,6 +114,8 @@ def child(arm: str, model_spec: str, target: str, steps: int, batch_size: int) -
     load_peak = _status_kb("VmHWM")
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     after_load = _status_kb("VmRSS")
+    # file-backed pages are the mmapped checkpoint: reclaimable, unlike anonymous memory
+    anon_after_load, file_after_load = _status_kb("RssAnon"), _status_kb("RssFile")
     if cuda:
         torch.cuda.reset_peak_memory_stats()
     with open("/proc/self/clear_refs", "w") as f:
@@ -124,8 +126,12 @@ def child(arm: str, model_spec: str, target: str, steps: int, batch_size: int) -
         "dtype": str(next(p.dtype for p in model.parameters() if p.is_floating_point())),
         "rss_before_load_mib": before_load * mib,
         "rss_after_load_mib": after_load * mib,
+        "rss_anon_after_load_mib": anon_after_load * mib,
+        "rss_file_after_load_mib": file_after_load * mib,
         "peak_rss_loading_mib": load_peak * mib,
         "peak_rss_step_mib": _status_kb("VmHWM") * mib,
+        "rss_anon_after_step_mib": _status_kb("RssAnon") * mib,
+        "rss_file_after_step_mib": _status_kb("RssFile") * mib,
     }
     result["peak_rss_step_above_imports_mib"] = result["peak_rss_step_mib"] - result["rss_before_load_mib"]
     if cuda:

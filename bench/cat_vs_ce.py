@@ -5,8 +5,8 @@ difference to CE with a bootstrap 95 % CI.
 Settings live in recipes/cat_vs_ce.toml, sized for a budget of 40 minutes on 2 CPU cores.
 Every stage is `catcli` itself in a subprocess writing OUT/<stage>: a finished stage is
 skipped and an interrupted one resumed, so re-running after a kill continues where it was.
-Prints one JSON object (each arm's metrics, each CAT arm minus CE, the CE-trained model's
-mean training-target p, wall time against the budget); writes OUT/curves.png.
+Prints one JSON object (each arm's metrics and final mean training-target p, each CAT arm
+minus CE, wall time against the budget); writes OUT/curves.png.
 
     python bench/cat_vs_ce.py [--quick] [--out runs/cat_vs_ce] [--arms ce,pass@16,maj@16:k=4]
 """
@@ -19,6 +19,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from catcli.rundir import read_jsonl
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "cat_vs_ce.toml"
 BUDGET_S = 40 * 60
@@ -52,8 +54,7 @@ def arm_dir(strategy: str) -> str:
 
 
 def last_p_mean(train_log: Path) -> float:
-    rows = [json.loads(line) for line in train_log.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "p_mean" in r][-1]["p_mean"]
+    return [r for r in read_jsonl(train_log) if "p_mean" in r][-1]["p_mean"]
 
 
 def main() -> None:
@@ -72,11 +73,11 @@ def main() -> None:
     start = time.monotonic()
     warmup = out / "warmup"
     stage(warmup, "adapter/adapter_config.json", *sft)
-    for s in arms:
-        branch = out / arm_dir(s)
-        stage(branch, "adapter/adapter_config.json", *sft, *steps, "--strategy", s, "--init-adapter", str(warmup))
-        stage(out / f"eval_{arm_dir(s)}", "eval.json", *ev, "--model", str(branch))
+    branches = [out / arm_dir(s) for s in arms]
     evals = [out / f"eval_{arm_dir(s)}" for s in arms]
+    for s, branch, ev_dir in zip(arms, branches, evals):
+        stage(branch, "adapter/adapter_config.json", *sft, *steps, "--strategy", s, "--init-adapter", str(warmup))
+        stage(ev_dir, "eval.json", *ev, "--model", str(branch))
     catcli("plot", *map(str, evals), "-o", str(out / "curves.png"))
     base = evals[0]
     result = {
@@ -86,9 +87,9 @@ def main() -> None:
         "arms": {
             s: {
                 "metrics": {m: e["mean"] for m, e in json.loads((d / "eval.json").read_text())["metrics"].items()},
-                "train_p_mean_last": last_p_mean(out / arm_dir(s) / "train_log.jsonl"),
+                "train_p_mean_last": last_p_mean(branch / "train_log.jsonl"),
             }
-            for s, d in zip(arms, evals)
+            for s, branch, d in zip(arms, branches, evals)
         },
         "vs_" + arm_dir(arms[0]): {
             s: json.loads(catcli("compare", str(base), str(d), "--json", capture=True))

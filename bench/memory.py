@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 
-# name: (4-bit base weights, dtype of the unquantised weights and of the compute)
 # SmolLM2-1.7B's shape: weights (3.4 GB in bf16) dominate a short step, as they do for 7B models
 SHAPES = {
     "1.7b": dict(
@@ -39,6 +38,7 @@ SHAPES = {
         head_dim=64,
     )
 }
+# name: (4-bit base weights, dtype of the unquantised weights and of the compute)
 ARMS = {
     "4bit_bf16": (True, "bfloat16"),
     "16bit_bf16": (False, "bfloat16"),

@@ -1,8 +1,11 @@
 """Curves: metrics over a set of graded problems, their files, plots and tables.
 
 Stage: estimators -> curves. Reads graded sample records, writes eval.json pieces,
-curves.csv and curves.png (pass@k and maj@k against k on a log2 axis, 95 % CI bands),
+curves.csv and curves.png (each metric kind against k on a log2 axis, 95 % CI bands),
 and renders rich tables for eval, score and compare.
+
+Metric names are `kind@k`. Records with a `reward` add bon@k and bon_correct@k. Every kind is a
+rate shown in % except bon@k, an expected reward shown in the reward's own units.
 """
 
 from __future__ import annotations
@@ -12,13 +15,26 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
-from catcli.errors import UsageError
+from catcli.errors import DataError, UsageError
 from catcli.estimators import Estimate, EstimatorError, estimate, paired_difference, problem_scores
 from catcli.rundir import write_atomic
 
+KINDS = ("pass", "maj", "bon", "bon_correct")  # display order
+
 
 def per_problem_scores(records: list[dict], ks: list[int]) -> dict[str, dict[str, float]]:
-    """{problem id: {metric: score}} for every record; k > n is a usage error naming the problem."""
+    """{problem id: {metric: score}} for every record; k > n is a usage error naming the problem.
+
+    bon metrics need a reward on every record or on none: a mean over the problems that happen
+    to have one would not be comparable.
+    """
+    with_reward = [r for r in records if r.get("reward") is not None]
+    if with_reward and len(with_reward) < len(records):
+        missing = next(r for r in records if r.get("reward") is None)
+        raise DataError(
+            f"{len(with_reward)} of {len(records)} problems have a reward, but problem {missing['id']} has none: "
+            "bon@k needs a reward on every problem"
+        )
     out = {}
     for r in records:
         n = len(r["completions"])
@@ -50,8 +66,16 @@ def summarise(records: list[dict], ks: list[int], seed: int = 0) -> dict:
 
 
 def _split(name: str) -> tuple[str, int]:
-    kind, k = name.split("@")
+    kind, k = name.rsplit("@", 1)
     return kind, int(k)
+
+
+def _kinds(names) -> list[str]:
+    return sorted({_split(m)[0] for m in names}, key=KINDS.index)
+
+
+def _is_rate(kind: str) -> bool:
+    return kind != "bon"
 
 
 def curves_csv(summary: dict) -> str:
@@ -67,25 +91,25 @@ def curves_csv(summary: dict) -> str:
 
 
 def plot_curves(runs: list[tuple[str, dict]], path: Path, title: str = "") -> None:
-    """pass@k and maj@k vs k (log2 axis) with 95 % CI bands; one line per run. Written atomically."""
+    """One panel per metric kind against k (log2 axis) with 95 % CI bands; one line per run. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = sorted({_split(m)[0] for _, s in runs for m in s["metrics"]}, key=["pass", "maj", "bon"].index)
+    kinds = _kinds(m for _, s in runs for m in s["metrics"])
     fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for label, summary in runs:
             pts = sorted((_split(m)[1], e) for m, e in summary["metrics"].items() if _split(m)[0] == kind)
             if not pts:
                 continue
-            ks = [k for k, _ in pts]
-            ax.plot(ks, [100 * e["mean"] for _, e in pts], marker="o", label=label)
-            ax.fill_between(ks, [100 * e["ci"][0] for _, e in pts], [100 * e["ci"][1] for _, e in pts], alpha=0.2)
+            ks, scale = [k for k, _ in pts], 100 if _is_rate(kind) else 1
+            ax.plot(ks, [scale * e["mean"] for _, e in pts], marker="o", label=label)
+            ax.fill_between(ks, [scale * e["ci"][0] for _, e in pts], [scale * e["ci"][1] for _, e in pts], alpha=0.2)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (samples)")
-        ax.set_ylabel(f"{kind}@k (%)")
+        ax.set_ylabel(f"{kind}@k (%)" if _is_rate(kind) else f"{kind}@k (expected best reward)")
         ax.grid(True, alpha=0.3)
         ax.legend()
     if title:
@@ -98,31 +122,39 @@ def plot_curves(runs: list[tuple[str, dict]], path: Path, title: str = "") -> No
 
 
 def metrics_table(summary: dict, title: str = ""):
-    """Rows k, columns metric: mean % with 95 % CI."""
+    """Rows k, columns metric: mean (% for rates) with 95 % CI."""
     from rich.table import Table
 
     table = Table(title=title or f"{summary['n_problems']} problems")
-    kinds = sorted({_split(m)[0] for m in summary["metrics"]}, key=["pass", "maj", "bon"].index)
+    kinds = _kinds(summary["metrics"])
     ks = sorted({_split(m)[1] for m in summary["metrics"]})
     table.add_column("k", justify="right")
     for kind in kinds:
-        table.add_column(f"{kind}@k %", justify="right")
+        table.add_column(f"{kind}@k %" if _is_rate(kind) else f"{kind}@k", justify="right")
     for k in ks:
         row = [str(k)]
         for kind in kinds:
             e = summary["metrics"].get(f"{kind}@{k}")
-            row.append(f"{100 * e['mean']:.1f} [{100 * e['ci'][0]:.1f}, {100 * e['ci'][1]:.1f}]" if e else "")
+            row.append(f"{_fmt(kind, e['mean'])} [{_fmt(kind, e['ci'][0])}, {_fmt(kind, e['ci'][1])}]" if e else "")
         table.add_row(*row)
     return table
 
 
+def _fmt(kind: str, value: float, sign: str = "") -> str:
+    """A rate in % with one decimal; a reward with 4 significant digits (its scale is the user's)."""
+    return f"{100 * value:{sign}.1f}" if _is_rate(kind) else f"{value:{sign}.4g}"
+
+
 def compare(a: list[dict], b: list[dict], ks: list[int], seed: int = 0) -> dict:
-    """Paired difference B - A per metric over the problems both runs scored."""
+    """Paired difference B - A per metric over the problems both runs scored.
+
+    Only metrics both runs have: bon metrics when both carry rewards.
+    """
     sa, sb = per_problem_scores(a, ks), per_problem_scores(b, ks)
     shared = sorted(set(sa) & set(sb))
     if not shared:
         raise UsageError("the two runs share no problem ids: compare runs on the same problems")
-    names = list(sa[shared[0]])
+    names = [m for m in sa[shared[0]] if m in sb[shared[0]]]
     diffs: dict[str, Estimate] = {
         m: paired_difference([sa[i][m] for i in shared], [sb[i][m] for i in shared], seed) for m in names
     }
@@ -137,15 +169,16 @@ def compare(a: list[dict], b: list[dict], ks: list[int], seed: int = 0) -> dict:
 def compare_table(result: dict, label_a: str, label_b: str):
     from rich.table import Table
 
-    table = Table(title=f"{label_b} - {label_a} on {result['n_shared']} shared problems")
-    for col in ("metric", label_a, label_b, "diff (pts)", "95% CI"):
+    table = Table(title=f"{label_b} - {label_a} on {result['n_shared']} shared problems (rates: diff in points)")
+    for col in ("metric", label_a, label_b, "diff", "95% CI"):
         table.add_column(col, justify="right")
     for m, d in result["diff"].items():
+        kind = _split(m)[0]
         table.add_row(
             m,
-            f"{100 * result['a'][m]:.1f}",
-            f"{100 * result['b'][m]:.1f}",
-            f"{100 * d['mean']:+.1f}",
-            f"[{100 * d['ci'][0]:+.1f}, {100 * d['ci'][1]:+.1f}]",
+            _fmt(kind, result["a"][m]),
+            _fmt(kind, result["b"][m]),
+            _fmt(kind, d["mean"], "+"),
+            f"[{_fmt(kind, d['ci'][0], '+')}, {_fmt(kind, d['ci'][1], '+')}]",
         )
     return table

@@ -32,4 +32,19 @@ class ModelError(CatError):
     exit_code = 4
 
 
+class RewardError(CatError):
+    """A --reward that cannot be loaded (unknown name, missing file, import error, missing or
+    uncallable function, unusable reward model) or bad --reward-weights. Exit code 2, as for
+    other usage errors: it is raised before anything is written."""
+
+    exit_code = 2
+
+
+class RewardFailure(RewardError):
+    """A loaded reward that raised, or returned other than one finite number or None per
+    completion, while scoring. Exit code 1 (runtime): the problems finished before it stay saved."""
+
+    exit_code = 1
+
+
 EXIT_INTERRUPTED = 130

@@ -1,4 +1,4 @@
-"""Estimators: pass@k, exact maj@k, bon@k, and their uncertainty (cat-spec §6). Pure: no model, no I/O.
+"""Estimators: pass@k, exact maj@k, bon@k, bon_correct@k and their uncertainty (cat-spec §6). Pure: no model, no I/O.
 
 Stage: grades -> estimators. Every metric is a per-problem expectation over the k-subsets of
 that problem's n samples, averaged over problems with equal weight.
@@ -80,12 +80,26 @@ def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int) -> flo
     return score / total
 
 
-def bon_at_k(rewards: Sequence[float], correct: Sequence[bool], k: int) -> float:
-    """Exact best-of-k: expected correctness of the highest-reward sample among k random draws.
+def bon_at_k(rewards: Sequence[float], k: int) -> float:
+    """Exact bon@k: expected maximum reward of k samples drawn without replacement from the n.
+
+    With the rewards sorted ascending, r_(i) is the maximum of exactly C(i-1, k-1) of the C(n, k)
+    subsets, so bon@k = sum_i r_(i) C(i-1, k-1) / C(n, k). Tied rewards need no care: the
+    maximum's value is the same whichever of them is drawn.
+    """
+    n = len(rewards)
+    _check_k(n, k)
+    total = math.comb(n, k)
+    # int / int divides exactly and rounds once, so the ratio stays accurate however large C(n, k) is
+    return sum(r * (math.comb(i - 1, k - 1) / total) for i, r in enumerate(sorted(rewards), start=1) if i >= k)
+
+
+def bon_correct_at_k(rewards: Sequence[float], correct: Sequence[bool], k: int) -> float:
+    """Exact bon_correct@k: expected correctness of the highest-reward sample among k random draws.
 
     The maximum falls in the tie group of reward r with probability
     [C(L + t, k) - C(L, k)] / C(n, k) (L samples strictly lower, t tied); within the group every
-    sample is equally likely to be chosen.
+    sample is equally likely to be chosen, so a tie is split evenly.
     """
     n = len(rewards)
     _check_k(n, k)
@@ -159,12 +173,16 @@ def problem_scores(
     ks: Sequence[int],
     rewards: Sequence[float] | None = None,
 ) -> dict[str, float]:
-    """{"pass@k": ..., "maj@k": ..., ["bon@k": ...]} for one problem's graded samples."""
+    """{"pass@k", "maj@k"[, "bon@k", "bon_correct@k"]: score} for one problem's graded samples.
+
+    bon@k is in the reward's own units (expected best reward); the others are rates in [0, 1].
+    """
     n, c = len(correct), int(sum(correct))
     out: dict[str, float] = {}
     for k in ks:
         out[f"pass@{k}"] = pass_at_k(n, c, k)
         out[f"maj@{k}"] = maj_at_k(keys, correct, k)
         if rewards is not None:
-            out[f"bon@{k}"] = bon_at_k(rewards, correct, k)
+            out[f"bon@{k}"] = bon_at_k(rewards, k)
+            out[f"bon_correct@{k}"] = bon_correct_at_k(rewards, correct, k)
     return out

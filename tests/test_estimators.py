@@ -12,11 +12,13 @@ import pytest
 from catcli.estimators import (
     EstimatorError,
     bon_at_k,
+    bon_correct_at_k,
     estimate,
     maj_at_k,
     paired_difference,
     parse_ks,
     pass_at_k,
+    problem_scores,
 )
 
 
@@ -39,7 +41,12 @@ def brute_maj(keys, correct, k):
     return total / len(subsets)
 
 
-def brute_bon(rewards, correct, k):
+def brute_bon(rewards, k):
+    subsets = list(itertools.combinations(range(len(rewards)), k))
+    return sum(max(rewards[i] for i in s) for s in subsets) / len(subsets)
+
+
+def brute_bon_correct(rewards, correct, k):
     subsets = list(itertools.combinations(range(len(rewards)), k))
     total = 0.0
     for s in subsets:
@@ -85,14 +92,52 @@ def test_maj_at_1_is_c_over_n():
     assert maj_at_k(keys, correct, 1) == pytest.approx(2 / 7)
 
 
-@pytest.mark.parametrize("seed", range(20))
-def test_bon_equals_brute_force(seed):
+@pytest.mark.parametrize("seed", range(40))
+def test_bon_and_bon_correct_equal_brute_force(seed):
     rng = random.Random(seed)
-    n = rng.randint(1, 9)
-    rewards = [rng.choice([0.0, 0.5, 1.0, 2.0]) for _ in range(n)]
+    n = rng.randint(1, 7)
+    # few distinct values, some negative: ties are common
+    rewards = [rng.choice([-1.5, 0.0, 0.5, 1.0, 2.0]) for _ in range(n)]
     correct = [rng.random() < 0.4 for _ in range(n)]
     for k in range(1, n + 1):
-        assert bon_at_k(rewards, correct, k) == pytest.approx(brute_bon(rewards, correct, k), abs=1e-12)
+        assert bon_at_k(rewards, k) == pytest.approx(brute_bon(rewards, k), abs=1e-12)
+        assert bon_correct_at_k(rewards, correct, k) == pytest.approx(brute_bon_correct(rewards, correct, k), abs=1e-12)
+
+
+def test_bon_pinned_cases():
+    rewards = [0.1, 0.7, 0.3, 0.7]
+    assert bon_at_k(rewards, 1) == pytest.approx(sum(rewards) / 4)  # bon@1 is the mean reward
+    assert bon_at_k(rewards, 4) == 0.7  # bon@n is the max
+    # k = 2: six pairs, maxima 0.7 0.3 0.7 0.7 0.7 0.7
+    assert bon_at_k(rewards, 2) == pytest.approx((5 * 0.7 + 0.3) / 6)
+    # the two 0.7s split the pick evenly, whatever the order they come in
+    assert bon_correct_at_k(rewards, [False, True, False, False], 4) == pytest.approx(0.5)
+    assert bon_correct_at_k(rewards, [True, False, False, False], 4) == 0.0
+    with pytest.raises(EstimatorError, match="n = 4"):
+        bon_at_k(rewards, 5)
+    with pytest.raises(EstimatorError):
+        bon_correct_at_k(rewards, [True] * 4, 0)
+
+
+def test_bon_is_exact_for_large_pools():
+    rng = random.Random(1)
+    rewards = [rng.gauss(0, 1) for _ in range(512)]
+    values = [bon_at_k(rewards, k) for k in (1, 2, 16, 256, 511, 512)]
+    assert values[0] == pytest.approx(sum(rewards) / 512)
+    assert values[-1] == pytest.approx(max(rewards))
+    assert all(a < b for a, b in zip(values, values[1:]))  # more draws, a better best
+    # bon@(n-1): the max unless the one left out is the max
+    top, second = sorted(rewards)[-1], sorted(rewards)[-2]
+    assert values[-2] == pytest.approx((511 * top + second) / 512)
+
+
+def test_problem_scores_names_bon_metrics_only_with_rewards():
+    keys, correct = ["a", "b", "a"], [True, False, True]
+    assert set(problem_scores(correct, keys, [1, 2])) == {"pass@1", "maj@1", "pass@2", "maj@2"}
+    scores = problem_scores(correct, keys, [1, 2], rewards=[0.2, 0.9, 0.5])
+    assert scores["bon@2"] == pytest.approx((0.9 + 0.5 + 0.9) / 3)
+    assert scores["bon_correct@2"] == pytest.approx(1 / 3)  # only the pair without the 0.9 picks right
+    assert scores["bon_correct@1"] == pytest.approx(2 / 3)
 
 
 def test_pass_at_k_is_non_decreasing_and_unbiased_not_naive():

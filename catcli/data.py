@@ -21,6 +21,8 @@ import hashlib
 import json
 import random
 import re
+import sys
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,37 +173,52 @@ def generate_arith(split: str, seed: int = 0, size: int | None = None) -> list[P
 
 # ---------------------------------------------------------------- records from files and the hub
 
+_EMPTY_BOX = re.compile(r"\\(?:boxed|fbox)\{\s*\}")
+
+
+class MalformedRow(DataError):
+    """A row that cannot become a Problem; `kind` is the why in a few words, for a skip count."""
+
+    def __init__(self, where: str, message: str, kind: str):
+        super().__init__(f"{where}: {message}")
+        self.kind = kind
+
 
 def _level(value, where: str) -> int:
-    if isinstance(value, bool):
-        raise DataError(f"{where}: level must be an integer or 'Level N', got {value!r}")
-    if isinstance(value, int):
+    if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str):
         m = re.fullmatch(r"\s*(?:Level\s+)?(\d+)\s*", value)
         if m:
             return int(m.group(1))
-    raise DataError(f"{where}: level must be an integer or 'Level N', got {value!r}")
+    raise MalformedRow(where, f"level must be an integer or 'Level N', got {value!r}", f"level {value!r}")
 
 
 def record_to_problem(row: dict, where: str, fallback_id: str) -> Problem:
     """One MATH-schema row -> Problem; `answer` is derived from the solution's last box if absent."""
     if not isinstance(row, dict):
-        raise DataError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        raise MalformedRow(where, f"expected a JSON object, got {type(row).__name__}", "a record that is not an object")
     missing = [c for c in ("problem", "level") if c not in row]
     if "answer" not in row and "solution" not in row:
         missing.append("answer or solution")
     if missing:
-        raise DataError(f"{where}: missing column(s) {', '.join(missing)}")
+        names = ", ".join(missing)
+        raise MalformedRow(where, f"missing column(s) {names}", f"missing column(s) {names}")
     for col in ("problem", "solution", "answer", "subject", "type"):
         if col in row and row[col] is not None and not isinstance(row[col], str):
-            raise DataError(f"{where}: column {col!r} must be a string, got {type(row[col]).__name__}")
+            raise MalformedRow(
+                where, f"column {col!r} must be a string, got {type(row[col]).__name__}", f"a non-string {col!r}"
+            )
     solution = row.get("solution") or ""
     answer = row.get("answer")
     if answer is None:
         answer = extract_boxed(solution)
+        if answer is None and _EMPTY_BOX.search(solution):
+            raise MalformedRow(
+                where, "no answer column and the solution's \\boxed{} is empty", "an empty \\boxed{} answer"
+            )
         if answer is None:
-            raise DataError(f"{where}: no answer column and no \\boxed{{}} in the solution")
+            raise MalformedRow(where, "no answer column and no \\boxed{} in the solution", "no \\boxed{} answer")
     return Problem(
         id=str(row.get("unique_id") or row.get("id") or fallback_id),
         problem=row["problem"],
@@ -264,7 +281,12 @@ def load_file(path: Path) -> list[Problem]:
 
 
 def load_math_hub(split: str) -> list[Problem]:
-    """MATH from the Hugging Face hub via `datasets` (needs network or a warm HF cache)."""
+    """MATH from the Hugging Face hub via `datasets` (needs network or a warm HF cache).
+
+    The hub's train split has rows no grader can use (level "Level ?", an empty \\boxed{}): they
+    are skipped and counted on stderr, never silently. A local file with such rows is refused
+    instead (load_file), since the user can fix it; nobody can fix the hub's copy.
+    """
     import datasets
 
     try:
@@ -288,7 +310,21 @@ def load_math_hub(split: str) -> list[Problem]:
             f"cannot load MATH ({split}) from the Hugging Face hub ({first}); "
             "offline, pass a local file with --data PATH.jsonl"
         ) from None
-    return [record_to_problem(dict(r), f"{src} row {i + 1}", f"math/{split}/{i}") for i, (src, r) in enumerate(rows)]
+    problems: list[Problem] = []
+    skipped: Counter[str] = Counter()
+    for i, (src, r) in enumerate(rows):
+        try:
+            # ids number all rows, so skipping one never renames the others
+            problems.append(record_to_problem(dict(r), f"{src} row {i + 1}", f"math/{split}/{i}"))
+        except MalformedRow as e:
+            skipped[e.kind] += 1
+    if skipped:
+        n = sum(skipped.values())
+        why = ", ".join(f"{count} with {kind}" for kind, count in skipped.most_common())
+        if not problems:
+            raise DataError(f"all {n} MATH {split} rows from the hub are malformed ({why}); the dataset has changed")
+        print(f"catcli: skipped {n} malformed MATH {split} row{'s' * (n != 1)} ({why})", file=sys.stderr)
+    return problems
 
 
 def load_problems(source: str, split: str = "train", seed: int = 0) -> list[Problem]:

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from catcli.data import fingerprint, generate_arith, load_file, load_problems, parse_levels, select
+from catcli.data import Problem, fingerprint, generate_arith, load_file, load_problems, parse_levels, select
 from catcli.errors import DataError, UsageError
 from catcli.grading import grade_completion
 from catcli.prompts import build_prompt, build_target, user_message
 from conftest import MATH_TRAIN
 
 
+@pytest.mark.skipif(not MATH_TRAIN.exists(), reason="needs ../shared/data/math/train.jsonl beside the checkout")
 def test_local_math_file_loads_all_records_with_int_levels():
     probs = load_file(MATH_TRAIN)
     assert len(probs) == 7496
@@ -57,6 +58,8 @@ def test_json_and_parquet_sources(tmp_path):
         ('{"problem": "p", "answer": "1", "level": "hard"}\n', "level must be"),
         ('{"problem": 3, "answer": "1", "level": 1}\n', "'problem' must be a string"),
         ('{"problem": "p", "solution": "no box", "level": 1}\n', "no \\boxed{}"),
+        ('{"problem": "p", "solution": "so $\\\\boxed{}$", "level": 1}\n', "\\boxed{} is empty"),
+        ('{"problem": "p", "solution": "$\\\\boxed{1}$", "level": "Level ?"}\n', "got 'Level ?'"),
         ("", "holds no records"),
         ("[1, 2]\n", "expected a JSON object"),
     ],
@@ -69,13 +72,58 @@ def test_bad_files_name_the_problem(tmp_path, content, fragment):
     assert fragment in str(info.value)
 
 
+def _hub_rows(subject: str, bad: bool) -> list[dict]:
+    """Rows as EleutherAI/hendrycks_math has them; `bad` adds the kinds its train split holds."""
+    rows = [{"problem": f"{subject} {i}", "level": "Level 2", "type": subject, "solution": f"$\\boxed{{{i}}}$"}
+            for i in range(3)]  # fmt: skip
+    if bad:
+        rows[1:1] = [
+            {"problem": "q", "level": "Level ?", "type": subject, "solution": "$\\boxed{5}$"},
+            {"problem": "r", "level": "Level ?", "type": subject, "solution": "$\\boxed{6}$"},
+            {"problem": "s", "level": "Level 5", "type": subject, "solution": "so $\\boxed{}$."},
+        ]
+    return rows
+
+
+def _fake_hub(monkeypatch, rows_for):
+    """datasets.load_dataset answering with rows_for(subject) as a local Dataset (no network)."""
+    import datasets
+
+    def load_dataset(name, config, split):
+        assert (name, split) == ("EleutherAI/hendrycks_math", "train")
+        return datasets.Dataset.from_list(rows_for(config))
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+
+
+def test_hub_math_skips_malformed_rows_and_says_how_many(monkeypatch, capsys):
+    _fake_hub(monkeypatch, lambda subject: _hub_rows(subject, bad=subject in ("geometry", "number_theory")))
+    probs = load_problems("math", "train")
+    assert len(probs) == 7 * 3 and {p.problem for p in probs}.isdisjoint({"q", "r", "s"})
+    assert probs[4] == Problem("math/train/4", "counting_and_probability 1", "$\\boxed{1}$", "1", 2,
+                               "counting_and_probability")  # fmt: skip
+    assert probs[7].id == "math/train/10"  # ids number every row: a skip renames no problem
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "catcli: skipped 6 malformed MATH train rows (4 with level 'Level ?', 2 with an empty \\boxed{} answer)"
+    ]
+
+
+def test_hub_math_with_only_malformed_rows_is_an_error(monkeypatch):
+    _fake_hub(monkeypatch, lambda subject: _hub_rows(subject, bad=True)[1:4])
+    with pytest.raises(DataError, match="all 21 MATH train rows from the hub are malformed"):
+        load_problems("math", "train")
+
+
 def test_non_utf8_and_wrong_suffix(tmp_path):
     bad = tmp_path / "x.jsonl"
     bad.write_bytes(b"\xff\xfe{}")
     with pytest.raises(DataError, match="not UTF-8"):
         load_file(bad)
+    readme = tmp_path / "README.md"
+    readme.write_text("# not data\n")
     with pytest.raises(DataError, match="use a .jsonl"):
-        load_file(MATH_TRAIN.parent / "README.md")
+        load_file(readme)
 
 
 def test_parse_levels():
@@ -86,6 +134,7 @@ def test_parse_levels():
             parse_levels(bad)
 
 
+@pytest.mark.skipif(not MATH_TRAIN.exists(), reason="needs ../shared/data/math/train.jsonl beside the checkout")
 def test_select_filters_limit_is_seeded_and_empty_is_an_error():
     probs = load_file(MATH_TRAIN)
     a = select(probs, levels=frozenset({1}), subjects=["algebra"], limit=10, seed=3)

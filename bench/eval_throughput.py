@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
+
+import device
 
 
 def main() -> None:
@@ -25,6 +25,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--batch-size", type=int, default=16)  # catcli eval's default
     ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--model", default="smollm2-135m", help="any catcli --model (GPU: a random checkpoint)")
     args = ap.parse_args()
     if args.quick:
         args.problems, args.n, args.batch_size, args.max_new_tokens = 2, 2, 2, 8
@@ -34,7 +35,7 @@ def main() -> None:
     from catcli.prompts import build_prompt
     from catcli.samples import SamplingSettings, chunks, sample_completions
 
-    model, tok = load_model("smollm2-135m")
+    model, tok = load_model(args.model)
     from unsloth import FastLanguageModel
 
     FastLanguageModel.for_inference(model)
@@ -77,7 +78,7 @@ def main() -> None:
                 "naive_samples_per_s": total / naive_s,
                 "speedup": naive_s / catcli_s,
                 "target_speedup": 3.0,
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "machine": device.describe(),
                 "quick": args.quick,
             }
         )

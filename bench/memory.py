@@ -21,23 +21,13 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
 
-# SmolLM2-1.7B's shape: weights (3.4 GB in bf16) dominate a short step, as they do for 7B models
-SHAPES = {
-    "1.7b": dict(
-        hidden_size=2048,
-        intermediate_size=8192,
-        num_hidden_layers=24,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        head_dim=64,
-    )
-}
+import device
+from random_model import random_checkpoint
+
 # name: (4-bit base weights, dtype of the unquantised weights and of the compute)
 ARMS = {
     "4bit_bf16": (True, "bfloat16"),
@@ -53,28 +43,6 @@ def _status_kb(field: str) -> int:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def random_checkpoint(shape: str) -> str:
-    """A random-init Llama with SmolLM2's tokenizer and the shape of SmolLM2-1.7B, saved once in
-    bf16 under $CATCLI_HOME/bench/ (no download: only the memory footprint matters here)."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from catcli.models import catcli_home, embedded_checkpoint
-
-    out = catcli_home() / "bench" / f"random-smollm2-{shape}"
-    if not (out / "model.safetensors.index.json").exists() and not (out / "model.safetensors").exists():
-        config = LlamaConfig.from_pretrained(embedded_checkpoint())
-        for key, value in SHAPES[shape].items():
-            setattr(config, key, value)
-        torch.manual_seed(0)
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-        tmp = out.with_name(out.name + ".tmp")
-        model.save_pretrained(tmp)
-        AutoTokenizer.from_pretrained(embedded_checkpoint()).save_pretrained(tmp)
-        tmp.rename(out)
-    return str(out)
 
 
 def child(arm: str, model_spec: str, target: str, steps: int, batch_size: int) -> dict:
@@ -167,21 +135,28 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--child", choices=sorted(ARMS), help=argparse.SUPPRESS)
-    ap.add_argument("--model", default="smollm2-135m", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default="smollm2-135m", help="the small model's --model (CPU and --quick)")
     ap.add_argument("--target", default="solution", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    import torch
+
     if args.child:
         print(json.dumps(child(args.child, args.model, args.target, args.steps, args.batch_size)))
         return
 
     bf16_pair = ["4bit_bf16", "16bit_bf16"]
     if args.quick:
-        shapes = {"135m": measure("smollm2-135m", "answer", bf16_pair, 1, 1)}
+        shapes = {"135m": measure(args.model, "answer", bf16_pair, 1, 1)}
+    elif torch.cuda.is_available():  # GPU: a Qwen2.5-0.5B-shaped random model, real bf16 and NF4 kernels
+        shapes = {
+            "0.5b": measure(str(random_checkpoint("qwen2-0.5b")), "solution", bf16_pair, args.steps, args.batch_size)
+        }
     else:
         shapes = {
-            "135m": measure("smollm2-135m", "solution", list(ARMS), args.steps, args.batch_size),
-            # one step on one answer-only sequence: emulated bf16 makes a 1.7B step take minutes here
-            "1.7b": measure(random_checkpoint("1.7b"), "answer", bf16_pair, 1, 1),
+            "135m": measure(args.model, "solution", list(ARMS), args.steps, args.batch_size),
+            # SmolLM2-1.7B's shape, where weights (3.4 GB in bf16) dominate a short step as they do for 7B
+            # models; one step on one answer-only sequence: emulated bf16 makes it take minutes here
+            "1.7b": measure(str(random_checkpoint("smollm2-1.7b")), "answer", bf16_pair, 1, 1),
         }
     print(
         json.dumps(
@@ -190,7 +165,7 @@ def main() -> None:
                 "shapes": shapes,
                 "ratio_4bit_16bit": {name: r["ratio_4bit_16bit"] for name, r in shapes.items()},
                 "target_ratio": 0.6,
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "machine": device.describe(),
                 "quick": args.quick,
             }
         )

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import tempfile
 import time
+
+import device
 
 from catcli.objectives import parse_strategy
 
@@ -28,20 +28,22 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=6)
     ap.add_argument("--num-generations", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=32)
+    ap.add_argument("--model", default="smollm2-135m", help="any catcli --model (GPU: a random checkpoint)")
     args = ap.parse_args()
     pairs, tokens = (1, 8) if args.quick else (args.pairs, args.max_new_tokens)
 
     import torch
 
     from catcli.models import LoraSettings, load_model, seed_everything
-    from catcli.trainers.rl import RLRunConfig, _cat_grpo_trainer_class, build_dataset, correctness_reward
+    from catcli.rewards import correct
+    from catcli.trainers.rl import RLRunConfig, _cat_grpo_trainer_class, build_dataset
 
     trainer_cls = _cat_grpo_trainer_class()
     from trl import GRPOConfig
 
     seed_everything(0)
     dataset, _ = build_dataset(RLRunConfig(data="arith", levels="1", limit=32))
-    model, tok = load_model("smollm2-135m", lora=LoraSettings(r=16, alpha=32, targets=("q_proj", "v_proj")))
+    model, tok = load_model(args.model, lora=LoraSettings(r=16, alpha=32, targets=("q_proj", "v_proj")))
     m = args.num_generations
     targs = GRPOConfig(
         output_dir=tempfile.mkdtemp(),
@@ -55,7 +57,7 @@ def main() -> None:
     )
     trainer = trainer_cls(
         model=model,
-        reward_funcs=[correctness_reward],
+        reward_funcs=[correct],
         args=targs,
         train_dataset=dataset,
         processing_class=tok,
@@ -98,7 +100,7 @@ def main() -> None:
                 "ratio_median": statistics.median(ratios),
                 "pair_ratios": [round(r, 4) for r in ratios],
                 "target_ratio": 1.03,
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "machine": device.describe(),
                 "quick": args.quick,
             }
         )

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
+
+import device
 
 from catcli.objectives import parse_strategy
 
@@ -26,6 +26,7 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=20)
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--target", default="solution", choices=["answer", "solution"])
+    ap.add_argument("--model", default="smollm2-135m", help="any catcli --model (GPU: a random checkpoint)")
     args = ap.parse_args()
     pairs, batch_size = (3, 2) if args.quick else (args.pairs, args.batch_size)
 
@@ -40,7 +41,7 @@ def main() -> None:
     seed_everything(0)
     cfg = SFTRunConfig(data="arith", levels="1-3", target=args.target, limit=64)
     dataset, _ = build_dataset(cfg)
-    model, tok = load_model("smollm2-135m", lora=LoraSettings(r=16, alpha=16))
+    model, tok = load_model(args.model, lora=LoraSettings(r=16, alpha=16))
     targs = SFTConfig(
         output_dir=tempfile.mkdtemp(),
         per_device_train_batch_size=batch_size,
@@ -90,7 +91,7 @@ def main() -> None:
                 "ratio_median": statistics.median(ratios),
                 "pair_ratios": [round(r, 4) for r in ratios],
                 "target_ratio": 1.02,
-                "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+                "machine": device.describe(),
                 "quick": args.quick,
             }
         )

@@ -55,9 +55,16 @@ OutOpt = Annotated[Optional[Path], typer.Option("--out", help="Output directory.
 ResumeOpt = Annotated[Optional[bool], typer.Option("--resume", help="Continue the interrupted run in --out.")]
 OverwriteOpt = Annotated[Optional[bool], typer.Option("--overwrite", help="Replace a non-empty --out.")]
 InstructionOpt = Annotated[Optional[str], typer.Option("--instruction", help="Appended to each problem; '' for none.")]
-LoadIn4bitOpt = Annotated[Optional[bool], typer.Option("--load-in-4bit/--no-load-in-4bit", help="[default: 4-bit]")]
+LoadIn4bitOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--load-in-4bit/--no-load-in-4bit", help="4-bit base weights. [default: 4-bit on a CUDA GPU, 16-bit on a CPU]"
+    ),
+]
 TrustRemoteCodeOpt = Annotated[Optional[bool], typer.Option("--trust-remote-code", help="Run a hub model's own code.")]
-LoraROpt = Annotated[Optional[int], typer.Option("--lora-r", help="LoRA rank.")]
+LoraROpt = Annotated[
+    Optional[int], typer.Option("--lora-r", help="LoRA rank. [default: 16; with --init-adapter, the adapter's]")
+]
 LoraAlphaOpt = Annotated[Optional[int], typer.Option("--lora-alpha")]
 LoraTargetsOpt = Annotated[Optional[str], typer.Option("--lora-targets", help="Comma-separated module names.")]
 InitAdapterOpt = Annotated[
@@ -69,6 +76,28 @@ MaxNewTokensOpt = Annotated[Optional[int], typer.Option("--max-new-tokens", help
 TemperatureOpt = Annotated[Optional[float], typer.Option("--temperature", help="[default: 0.8]")]
 TopPOpt = Annotated[Optional[float], typer.Option("--top-p", help="[default: 0.95]")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Print the resolved config and stop.")]
+RewardOpt = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--reward",
+        help="A reward (repeatable): correct | closeness | module:function | path/file.py:function | rm:PATH. "
+        "Loading user code runs it.",
+    ),
+]
+RewardWeightsOpt = Annotated[
+    Optional[str],
+    typer.Option("--reward-weights", help="One weight per --reward, e.g. 1,0.5; the weighted sum. [default: all 1]"),
+]
+OptimOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--optim", help="adamw_torch | adamw_torch_fused | adamw_8bit | paged_adamw_8bit. [default: adamw_torch]"
+    ),
+]
+LrSchedulerOpt = Annotated[
+    Optional[str], typer.Option("--lr-scheduler", help="constant | linear | cosine. [default: sft linear, rl constant]")
+]
+WarmupStepsOpt = Annotated[Optional[int], typer.Option("--warmup-steps", help="[default: 0, the paper's]")]
 
 
 def _version(value: bool):
@@ -173,10 +202,20 @@ def weights(
         Optional[str], typer.Option("--p", help="Comma-separated p values in [0, 1]; default a log grid.")
     ] = None,
     form: Annotated[str, typer.Option("--form", help="RL weight form: raw (S'(p)) or log (w_SFT).")] = "raw",
+    source: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--from",
+            help="Summarise a run instead of --p: an eval run (dir or samples.jsonl; p = c/n per problem) or an sft run "
+            "(dir or train_log.jsonl; each step's batch-mean p). Prints quantiles of p, w_SFT and w_RL and the share of "
+            "items CAT reweights against CE: |w_i / mean(w) - 1| > 0.1 (CE weights all 1; a common factor is only the "
+            "learning rate).",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     plot: Annotated[Optional[Path], typer.Option("--plot", help="Write a PNG of both weight curves.")] = None,
 ):
-    """CAT weights w_SFT(p) and w_RL(p) of a strategy (paper Table 1). For bon@N, p is the reward quantile q."""
+    """CAT weights w_SFT(p) and w_RL(p) of a strategy (paper Table 1), at --p or over a run (--from). For bon@N, p is the reward quantile q."""
     import torch
 
     from catcli import objectives as obj
@@ -189,6 +228,13 @@ def weights(
             raise UsageError("bon@N has only the raw rank weight N q^(N-1): use --form raw")
     except obj.StrategyError as e:
         raise UsageError(str(e)) from None
+    if source is not None:
+        if p is not None:
+            raise UsageError("--from and --p both give the p values: use one")
+        if plot is not None:
+            raise UsageError("--plot draws the weight curves over --p; it does not take --from")
+        _weights_from_run(s, source, form, as_json)
+        return
     ps = _parse_ps(p) if p else [10.0**e for e in range(-6, 0)] + [0.5, 0.9, 0.99, 0.999999]
     log_p = torch.log(torch.tensor(ps, dtype=torch.float64))
     w_sft = obj.w_sft(s, log_p).tolist()
@@ -213,6 +259,84 @@ def weights(
     for pt in result["points"]:
         table.add_row(f"{pt['p']:.6g}", f"{pt['sft_weight']:.6g}", f"{pt['rl_weight']:.6g}")
     _console().print(table)
+
+
+REWEIGHTED = "|w_i / mean(w) - 1| > 0.1 (CE weights every item 1; a common factor is only the learning rate)"
+
+
+def _weights_from_run(s, source: Path, form: str, as_json: bool) -> None:
+    from dataclasses import asdict
+
+    from catcli.reweighting import summarise
+
+    ps, unit = _run_ps(source)
+    summary = summarise(ps, s, form)
+    note = (
+        "p is each training step's batch-mean target probability (train_log p_mean), not a per-problem p, "
+        "so each w is the weight at that mean, not the step's mean weight (train_log weight_mean)"
+        if unit == "step"
+        else "p is each problem's success rate c/n over its graded samples"
+    )
+    if as_json:
+        _emit_json({**asdict(summary), "source": str(source), "unit": unit, "note": note, "reweighted": REWEIGHTED})
+        return
+    from rich.table import Table
+
+    table = Table(title=f"CAT {s} on {summary.count} {unit}s of {source}")
+    table.add_column("")
+    for col in ("min", "10 %", "50 %", "90 %", "max", "mean"):
+        table.add_column(col, justify="right")
+    rows = [("p", summary.p), ("w_SFT", summary.w_sft), (f"w_RL ({form})", summary.w_rl)]
+    for name, d in rows:
+        if d is not None:
+            table.add_row(name, *(f"{v:.3g}" for v in (d.min, d.p10, d.p50, d.p90, d.max, d.mean)))
+    console = _console()
+    console.print(table)
+    console.print(f"{note}.", highlight=False, soft_wrap=True)
+
+    def share(x: float | None) -> str:
+        return "n/a (every weight is 0)" if x is None else f"{100 * x:.0f} %"
+
+    rl = "n/a (bon@N ranks rewards, not p)" if summary.w_rl is None else share(summary.share_rl)
+    console.print(
+        f"CAT {s} reweights {share(summary.share_sft)} of these {summary.count} {unit}s by more than 10 % against CE "
+        f"in SFT (RL, {form}: {rl}); reweighted means {REWEIGHTED}.",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _run_ps(source: Path) -> tuple[list[float], str]:
+    """The p values of a run and what each belongs to: per problem c/n (eval), per step p_mean (sft)."""
+    from catcli.errors import DataError
+    from catcli.rundir import read_jsonl
+    from catcli.samples import load_samples
+
+    if not source.exists():
+        raise DataError(f"--from {source} does not exist")
+    path = source
+    if source.is_dir():
+        found = [source / name for name in ("samples.jsonl", "train_log.jsonl") if (source / name).exists()]
+        if not found:
+            raise DataError(
+                f"--from {source} holds neither samples.jsonl (an eval run) nor train_log.jsonl (an sft run)"
+            )
+        if len(found) > 1:
+            raise UsageError(f"--from {source} holds both samples.jsonl and train_log.jsonl: name the file")
+        path = found[0]
+    if path.name != "train_log.jsonl":
+        return [sum(r["correct"]) / len(r["correct"]) for r in load_samples(path)], "problem"
+    ps = []
+    for i, row in enumerate(read_jsonl(path)):
+        if not isinstance(row, dict) or "p_mean" not in row:
+            continue  # the trainer's closing summary line, or another log's columns
+        p = row["p_mean"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise DataError(f"{path} line {i + 1}: p_mean must be a number in [0, 1], got {p!r}")
+        ps.append(float(p))
+    if not ps:
+        raise DataError(f"{path} has no p_mean: only sft train logs record p (an rl log records rewards)")
+    return ps, "step"
 
 
 def _parse_ps(text: str) -> list[float]:
@@ -281,13 +405,15 @@ def eval_cmd(
     load_in_4bit: LoadIn4bitOpt = None,
     max_seq_length: Annotated[Optional[int], typer.Option("--max-seq-length")] = None,
     trust_remote_code: TrustRemoteCodeOpt = None,
+    reward: RewardOpt = None,
+    reward_weights: RewardWeightsOpt = None,
     out: OutOpt = None,
     resume: ResumeOpt = None,
     overwrite: OverwriteOpt = None,
     recipe: RecipeOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Sample n completions per problem and report pass@k / maj@k with 95 % CIs."""
+    """Sample n completions per problem and report pass@k / maj@k (with --reward also bon@k, bon_correct@k) with 95 % CIs."""
     from catcli import config
     from catcli.curves import metrics_table
     from catcli.evaluation import EvalConfig, run_eval
@@ -311,6 +437,8 @@ def eval_cmd(
         load_in_4bit=load_in_4bit,
         max_seq_length=max_seq_length,
         trust_remote_code=trust_remote_code,
+        reward=tuple(reward) if reward else None,
+        reward_weights=reward_weights,
         out=out,
         resume=resume,
         overwrite=overwrite,
@@ -337,7 +465,10 @@ def score(
     seed: SeedOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Recompute metrics from a samples file, no model needed; grades lines that are not graded."""
+    """Recompute metrics from a samples file, no model needed; grades lines that are not graded.
+
+    Lines with a `reward` list (one number per completion) also give bon@k and bon_correct@k.
+    """
     from catcli.curves import metrics_table, summarise
     from catcli.samples import load_samples
 
@@ -358,7 +489,7 @@ def compare(
     seed: SeedOpt = None,
     as_json: JsonOpt = False,
 ):
-    """Paired difference B - A per metric over shared problems, with a bootstrap 95 % CI."""
+    """Paired difference B - A per metric over shared problems, with a bootstrap 95 % CI (bon metrics when both have rewards)."""
     from catcli.curves import compare as compare_runs
     from catcli.curves import compare_table
     from catcli.samples import load_samples
@@ -382,7 +513,7 @@ def plot(
     runs: Annotated[list[Path], typer.Argument(help="eval.json files or run directories to overlay.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")],
 ):
-    """Overlay the pass@k / maj@k curves of several eval runs."""
+    """Overlay the pass@k / maj@k (and bon@k / bon_correct@k) curves of several eval runs."""
     from catcli.curves import plot_curves
     from catcli.errors import DataError
 
@@ -450,6 +581,9 @@ def sft(
         Optional[int], typer.Option("--batch-size", help="Sequences per micro-batch. [default: 1]")
     ] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="[default: 4]")] = None,
+    optim: OptimOpt = None,
+    lr_scheduler: LrSchedulerOpt = None,
+    warmup_steps: WarmupStepsOpt = None,
     max_length: Annotated[Optional[int], typer.Option("--max-length", help="[default: 1024]")] = None,
     save_steps: SaveStepsOpt = None,
     lora_r: LoraROpt = None,
@@ -492,6 +626,9 @@ def sft(
         lr=lr,
         batch_size=batch_size,
         grad_accum=grad_accum,
+        optim=optim,
+        lr_scheduler=lr_scheduler,
+        warmup_steps=warmup_steps,
         max_length=max_length,
         save_steps=save_steps,
         lora_r=lora_r,
@@ -528,6 +665,14 @@ def rl(
         Optional[str], typer.Option("--strategy", help="grpo (vanilla) | pass@N | maj@N[:k=K] | bon@N. [default: grpo]")
     ] = None,
     form: Annotated[Optional[str], typer.Option("--form", help="raw (S'(p)) | log (w_SFT). [default: raw]")] = None,
+    method: Annotated[
+        Optional[str],
+        typer.Option(
+            "--method",
+            help="cat (weights GRPO's advantage) | pkpo | passk | passk-best (peers: replace it; k = the strategy's N). "
+            "[default: cat]",
+        ),
+    ] = None,
     num_generations: Annotated[
         Optional[int], typer.Option("--num-generations", help="M, rollouts per prompt. [default: 8]")
     ] = None,
@@ -540,6 +685,9 @@ def rl(
         Optional[float], typer.Option("--beta", help="KL coefficient (not CAT-weighted). [default: 0]")
     ] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="[default: 1e-6]")] = None,
+    optim: OptimOpt = None,
+    lr_scheduler: LrSchedulerOpt = None,
+    warmup_steps: WarmupStepsOpt = None,
     loss_type: Annotated[
         Optional[str], typer.Option("--loss-type", help="dr_grpo (the paper's) | dapo | grpo | bnpo")
     ] = None,
@@ -548,6 +696,11 @@ def rl(
     lora_targets: LoraTargetsOpt = None,
     load_in_4bit: LoadIn4bitOpt = None,
     init_adapter: InitAdapterOpt = None,
+    vllm: Annotated[
+        Optional[bool], typer.Option("--vllm", help="Generate rollouts with vLLM (Unsloth fast_inference; CUDA).")
+    ] = None,
+    reward: RewardOpt = None,
+    reward_weights: RewardWeightsOpt = None,
     save_steps: SaveStepsOpt = None,
     report_to: ReportToOpt = None,
     instruction: InstructionOpt = None,
@@ -573,6 +726,7 @@ def rl(
         seed=seed,
         strategy=strategy,
         form=form,
+        method=method,
         num_generations=num_generations,
         prompts_per_step=prompts_per_step,
         max_steps=max_steps,
@@ -581,12 +735,18 @@ def rl(
         top_p=top_p,
         beta=beta,
         lr=lr,
+        optim=optim,
+        lr_scheduler=lr_scheduler,
+        warmup_steps=warmup_steps,
         loss_type=loss_type,
         lora_r=lora_r,
         lora_alpha=lora_alpha,
         lora_targets=_subjects(lora_targets),
         load_in_4bit=load_in_4bit,
         init_adapter=init_adapter,
+        vllm=vllm,
+        reward=tuple(reward) if reward else None,
+        reward_weights=reward_weights,
         save_steps=save_steps,
         report_to=report_to,
         instruction=instruction,
@@ -598,7 +758,7 @@ def rl(
     cfg = config.resolve(RLRunConfig, "rl", config.load_recipe(recipe), flags)
     summary = (
         f"effective batch: {cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts per process; "
-        f"strategy {cfg.strategy} ({cfg.form}), loss {cfg.loss_type}"
+        f"strategy {cfg.strategy} ({cfg.form}), method {cfg.method}, loss {cfg.loss_type}"
     )
     _train("rl", cfg, run_rl, summary, dry_run, as_json)
 

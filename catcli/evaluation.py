@@ -1,5 +1,10 @@
 """`catcli eval`: sample n completions per problem, grade them, and write pass@k / maj@k curves.
 
+With `--reward SPEC` (repeatable; rewards.py) each completion also gets `reward`, the weighted
+sum sum_j w_j r_j of the given rewards only (`--reward-weights`, default all 1; correctness is
+not added: it is always graded and reported apart), and the metrics gain bon@k (the expected
+best reward of k samples) and bon_correct@k (the correctness of that best sample).
+
 data -> prompts -> model -> samples -> grades -> estimators -> curves, with every stage in its
 own module; this file only sequences them and owns the output directory:
   OUT/run.json        resolved config + provenance, written before sampling (resume checks it)
@@ -13,6 +18,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -22,10 +28,11 @@ from catcli.data import fingerprint, load_selection
 from catcli.errors import UsageError
 from catcli.models import resolve_model
 from catcli.prompts import DEFAULT_INSTRUCTION, build_prompt
+from catcli.rewards import RewardFn, load_reward, problem_rewards, reward_weights
 from catcli.rundir import append_jsonl, drop_torn_tail, prepare_out, provenance, read_jsonl, write_atomic, write_json
 from catcli.samples import SamplingSettings, chunk_seed, chunks, load_samples, make_record, sample_completions
 
-# settings that change what is sampled: a resumed run must agree on all of them
+# settings that change what is sampled or scored: a resumed run must agree on all of them
 _SAMPLING_KEYS = (
     "model",
     "data",
@@ -41,6 +48,8 @@ _SAMPLING_KEYS = (
     "batch_size",
     "instruction",
     "load_in_4bit",
+    "reward",
+    "reward_weights",
 )
 
 
@@ -61,9 +70,11 @@ class EvalConfig:
     batch_size: int = 16  # problems per generate call (n sequences each): 3.7x a per-problem loop on CPU
     backend: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm when installed and a GPU is present
     instruction: str = DEFAULT_INSTRUCTION
-    load_in_4bit: bool = True
+    load_in_4bit: bool | None = None  # None: 4-bit on a CUDA GPU, 16-bit on a CPU (models.py)
     max_seq_length: int = 2048
     trust_remote_code: bool = False
+    reward: tuple[str, ...] = ()  # reward specs (rewards.load_reward); none: no bon@k
+    reward_weights: str | None = None  # "1,0.5", one per reward, as typed; None: all 1
     out: Path = field(default=Path("runs/eval"))
     resume: bool = False
     overwrite: bool = False
@@ -71,6 +82,10 @@ class EvalConfig:
     @property
     def n_samples(self) -> int:
         return self.n if self.n is not None else max(self.k)
+
+    @property
+    def weights(self) -> list[float]:
+        return reward_weights(self.reward, self.reward_weights)
 
     def validate(self) -> None:
         if not self.k or any(k < 1 for k in self.k):
@@ -86,6 +101,7 @@ class EvalConfig:
         for name in ("max_new_tokens", "batch_size", "max_seq_length"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        reward_weights(self.reward, self.reward_weights)  # bad weights fail before anything runs
 
 
 def _check_resume(out: Path, cfg: EvalConfig) -> None:
@@ -96,7 +112,8 @@ def _check_resume(out: Path, cfg: EvalConfig) -> None:
 
     old = json.loads(run.read_text())["config"]
     new = cfgmod.to_dict(cfg)
-    changed = [k for k in _SAMPLING_KEYS if old.get(k) != new.get(k)]
+    default = cfgmod.to_dict(EvalConfig())  # a key an older catcli did not write had its default
+    changed = [k for k in _SAMPLING_KEYS if old.get(k, default[k]) != new.get(k)]
     if changed:
         raise UsageError(
             f"--resume of {out} with different {', '.join(changed)} than the run started with; "
@@ -120,6 +137,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     )
     backend = resolve_backend(cfg.backend)
     resolve_model(cfg.model)  # an unknown model fails here, before --out is touched
+    rewards = [load_reward(spec) for spec in cfg.reward]  # so does a reward that cannot be loaded
     import torch
 
     state = PartialState(cpu=not torch.cuda.is_available())  # cpu=True: torchrun on CPU is MULTI_CPU
@@ -142,7 +160,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     ]
     part = samples_path if state.num_processes == 1 else cfg.out / f"samples.part{state.process_index}.jsonl"
     if todo:
-        _sample(cfg, backend, settings, todo, done, part, progress)
+        _sample(cfg, backend, settings, rewards, todo, done, part, progress)
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -212,7 +230,9 @@ def _load_sampler(cfg, backend: str):
         model, tokenizer, lora = load_for_vllm(
             cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length
         )
-        return (lambda prompts, s, seed: sample_completions_vllm(model, prompts, s, seed, lora)), tokenizer
+        return (
+            lambda prompts, s, seed, on_step=None: sample_completions_vllm(model, prompts, s, seed, lora)
+        ), tokenizer
     model, tokenizer = load_model(
         cfg.model,
         load_in_4bit=cfg.load_in_4bit,
@@ -223,10 +243,12 @@ def _load_sampler(cfg, backend: str):
 
     with quiet_stdout():
         FastLanguageModel.for_inference(model)
-    return (lambda prompts, s, seed: sample_completions(model, tokenizer, prompts, s, seed)), tokenizer
+    return (lambda prompts, s, seed, on_step=None: sample_completions(model, tokenizer, prompts, s, seed, on_step)), (
+        tokenizer
+    )
 
 
-def _sample(cfg, backend, settings, todo, done, samples_path, progress) -> None:
+def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples_path, progress) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     sample, tokenizer = _load_sampler(cfg, backend)
@@ -235,21 +257,40 @@ def _sample(cfg, backend, settings, todo, done, samples_path, progress) -> None:
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[rate]}"),
+        TextColumn("{task.fields[detail]}"),
         TimeRemainingColumn(),
     )
-    start, n_samples = time.monotonic(), 0
+    start, n_samples, finished_problems = time.monotonic(), 0, 0
     with Progress(*columns, disable=not progress, transient=False, console=_stderr_console()) as bar:
         total = sum(1 for _, chunk in todo for p in chunk if p.id not in done)
-        task = bar.add_task("sampling", total=total, rate="")
+        task = bar.add_task("sampling", total=total, rate="", detail="")
+
+        def within_chunk(tokens: int, ended: int, sequences: int) -> None:
+            # a chunk of long completions takes minutes: move the bar (and its ETA) as sequences end
+            bar.update(
+                task,
+                completed=finished_problems + ended / settings.n,
+                detail=f"chunk: {ended}/{sequences} sequences ended, {tokens}/{settings.max_new_tokens} tokens",
+            )
+
         for index, chunk in todo:
             prompts = [build_prompt(tokenizer, p, cfg.instruction) for p in chunk]
-            completions = sample(prompts, settings, chunk_seed(cfg.seed, index))
-            rows = [make_record(p, c) for p, c in zip(chunk, completions) if p.id not in done]
+            on_step = partial(within_chunk, sequences=len(chunk) * settings.n) if progress else None
+            completions = sample(prompts, settings, chunk_seed(cfg.seed, index), on_step=on_step)
+            new = [(p, c) for p, c in zip(chunk, completions) if p.id not in done]
+            rows = [make_record(p, c) for p, c in new]
+            # scored before the append: a failing reward leaves only whole problems, and --resume redoes this chunk
+            if rewards:
+                scores = problem_rewards(
+                    rewards, cfg.weights, [p for p, _ in new], [c for _, c in new], cfg.instruction
+                )
+                rows = [{**row, "reward": r} for row, r in zip(rows, scores)]
             append_jsonl(samples_path, rows)
             done.update(p.id for p in chunk)
             n_samples += len(rows) * settings.n
+            finished_problems += len(rows)
             rate = n_samples / (time.monotonic() - start)
-            bar.update(task, advance=len(rows), rate=f"{rate:.1f} samples/s")
+            bar.update(task, completed=finished_problems, rate=f"{rate:.1f} samples/s", detail="")
 
 
 def _stderr_console():

@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from catcli import model_parts
 from catcli.errors import ModelError, UsageError
 
 EMBEDDED_ALIAS = "smollm2-135m"
@@ -95,15 +96,20 @@ def _embedded_gguf() -> Path:
 
 
 def embedded_checkpoint() -> Path:
-    """The SmolLM2 safetensors checkpoint, converted from GGUF on first use.
-
-    Written to a temporary directory and renamed into place, so an interrupted conversion is
-    never mistaken for a finished one; later calls find the directory and skip conversion.
-    """
+    """The SmolLM2 safetensors checkpoint, converted from GGUF on first use."""
     final = catcli_home() / "models" / EMBEDDED_ALIAS
     if (final / "config.json").exists():
         return final
-    gguf = _embedded_gguf()
+    return gguf_to_checkpoint(_embedded_gguf(), final)
+
+
+def gguf_to_checkpoint(gguf: Path, final: Path, dtype=None) -> Path:
+    """Convert a GGUF file into a safetensors checkpoint at `final` (4-bit loading cannot read GGUF).
+
+    Written to a temporary directory beside `final` and renamed into place, so an interrupted
+    conversion is never mistaken for a finished one; later calls find the directory and skip it.
+    `dtype` (a torch dtype) of the saved weights; None keeps transformers' float32.
+    """
     import_unsloth()
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -111,8 +117,8 @@ def embedded_checkpoint() -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
     try:
         tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        # the GGUF quantizer is only how it was read: the saved weights are plain float32
+        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
+        # the GGUF quantizer is only how it was read: the saved weights are plain floats
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -154,6 +160,8 @@ def resolve_model(spec: str) -> ResolvedModel:
     """Turn a `--model` value into a base checkpoint and an optional adapter (no loading)."""
     if spec == EMBEDDED_ALIAS:
         return ResolvedModel(spec, str(embedded_checkpoint()))
+    if spec == model_parts.QWEN_ALIAS:
+        return ResolvedModel(spec, str(model_parts.qwen_checkpoint()))
     path = Path(spec).expanduser()
     if path.is_dir():
         for adapter in (path, path / "adapter"):
@@ -170,13 +178,25 @@ def resolve_model(spec: str) -> ResolvedModel:
         )
     if path.exists() or not _HUB_ID.match(spec):
         raise ModelError(
-            f"unknown model {spec!r}: use {EMBEDDED_ALIAS}, a local checkpoint or adapter "
+            f"unknown model {spec!r}: use {EMBEDDED_ALIAS}, {model_parts.QWEN_ALIAS}, a local checkpoint or adapter "
             "directory, or a Hugging Face hub id such as owner/name"
         )
     return ResolvedModel(spec, spec)
 
 
 # ---------------------------------------------------------------- loading
+
+
+def default_load_in_4bit() -> bool:
+    """4-bit base weights on a CUDA GPU, where memory is what runs out; 16-bit elsewhere.
+
+    On this project's CPU machine 4-bit (bitsandbytes NF4, dequantised for every matmul) sampled
+    qwen2.5-coder-1.5b at 1.35 tokens/s against 2.79 in 16-bit and loaded 4x slower, and trained
+    the embedded model 1.8x slower (docs/benchmarks.md).
+    """
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @dataclass(frozen=True)
@@ -186,6 +206,34 @@ class LoraSettings:
     r: int = 16
     alpha: int = 16
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+
+# Unsloth's offloaded gradient checkpointing, set on both paths (fresh LoRA, loaded adapter)
+GRADIENT_CHECKPOINTING = "unsloth"
+
+
+def adapter_lora(adapter: Path) -> LoraSettings:
+    """The LoRA settings a saved adapter was trained with (its adapter_config.json)."""
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    targets = cfg.get("target_modules") or ()
+    return LoraSettings(int(cfg["r"]), int(cfg["lora_alpha"]), tuple(sorted(targets)))
+
+
+def _adapter_for_training(model):
+    """Unsloth's own set-up of a loaded adapter, as FastLanguageModel.from_pretrained(adapter) does.
+
+    On a GPU that is `patch_peft_model` (its LoRA kernels and offloaded gradient checkpointing);
+    Unsloth's CPU backend has no such method, and there the set-up is what its get_peft_model
+    gives a fresh LoRA: trainable inputs and gradient checkpointing.
+    """
+    from unsloth import FastLanguageModel
+
+    patch = getattr(FastLanguageModel, "patch_peft_model", None)
+    if patch is not None:
+        return patch(model, use_gradient_checkpointing=GRADIENT_CHECKPOINTING)
+    if hasattr(model, "enable_input_require_grads"):
+        model.enable_input_require_grads()
+    return FastLanguageModel.for_training(model, use_gradient_checkpointing=True)
 
 
 def _from_pretrained(spec: str, base: str, **kwargs):
@@ -204,13 +252,17 @@ def _from_pretrained(spec: str, base: str, **kwargs):
 def load_model(
     spec: str,
     *,
-    load_in_4bit: bool = True,
+    load_in_4bit: bool | None = None,
     max_seq_length: int = 1024,
     lora: LoraSettings | None = None,
     trust_remote_code: bool = False,
     dtype=None,
+    fast_inference: bool = False,
 ):
     """Load `--model` through Unsloth's FastLanguageModel; returns (model, tokenizer).
+
+    `fast_inference` also starts Unsloth's vLLM engine beside the model (CUDA only), which TRL's
+    GRPOTrainer then generates with (`catcli rl --vllm`).
 
     `dtype` (a torch dtype) is that of the unquantised weights; None lets Unsloth pick
     (bfloat16 where the hardware has it, else float16 on GPU and float32 on CPU).
@@ -222,10 +274,11 @@ def load_model(
     model, tokenizer = _from_pretrained(
         spec,
         resolved.base,
-        load_in_4bit=load_in_4bit,
+        load_in_4bit=default_load_in_4bit() if load_in_4bit is None else load_in_4bit,
         max_seq_length=max_seq_length,
         trust_remote_code=trust_remote_code,
         dtype=dtype,
+        **(dict(fast_inference=True, max_lora_rank=lora.r if lora else 64) if fast_inference else {}),
     )
     from unsloth import FastLanguageModel
 
@@ -233,6 +286,8 @@ def load_model(
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(resolved.adapter), is_trainable=lora is not None)
+        if lora is not None:
+            model = _adapter_for_training(model)
     elif lora is not None:
         model = FastLanguageModel.get_peft_model(
             model,
@@ -241,13 +296,14 @@ def load_model(
             target_modules=list(lora.targets),
             lora_dropout=0.0,
             bias="none",
+            use_gradient_checkpointing=GRADIENT_CHECKPOINTING,
         )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
 
 
-def load_for_vllm(spec: str, *, load_in_4bit: bool = True, max_seq_length: int = 1024, max_lora_rank: int = 64):
+def load_for_vllm(spec: str, *, load_in_4bit: bool | None = None, max_seq_length: int = 1024, max_lora_rank: int = 64):
     """Load through Unsloth's vLLM engine (`fast_inference`, CUDA only); returns (model, tokenizer, lora_request).
 
     An adapter is served as a vLLM LoRA request on top of its base rather than merged.
@@ -256,7 +312,7 @@ def load_for_vllm(spec: str, *, load_in_4bit: bool = True, max_seq_length: int =
     model, tokenizer = _from_pretrained(
         spec,
         resolved.base,
-        load_in_4bit=load_in_4bit,
+        load_in_4bit=default_load_in_4bit() if load_in_4bit is None else load_in_4bit,
         max_seq_length=max_seq_length,
         fast_inference=True,
         max_lora_rank=max_lora_rank,

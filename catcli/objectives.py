@@ -395,13 +395,14 @@ def rl_weights(
 
 
 def cat_advantages(strategy: Strategy, advantages: Tensor, weights: Tensor, correct: Tensor) -> Tensor:
-    """A_i * w_i, applied after group standardisation so a per-prompt w is not cancelled (§4).
+    """A'_i = (A_i - 0.5 * 1[all wrong]) * w_i for maj@N, A_i * w_i otherwise (cat-spec §4).
 
-    maj@N only: a prompt whose rollouts are all wrong has every advantage lowered by 0.5.
-    Shapes (P, M); returns float64.
+    Applied after group standardisation so a per-prompt w is not cancelled. The all-wrong
+    penalty comes before the weight, as in the authors' reference (its group-advantage function
+    subtracts it, the weight multiplies afterwards). Shapes (P, M); returns float64.
     """
-    out = advantages.to(torch.float64) * weights
+    out = advantages.to(torch.float64)
     if strategy.kind == "maj" and strategy.n > 1:
         all_wrong = (correct.sum(-1, keepdim=True) == 0).to(torch.float64)
         out = out - ALL_WRONG_PENALTY * all_wrong
-    return out
+    return out * weights.to(torch.float64)

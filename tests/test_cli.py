@@ -29,6 +29,7 @@ def test_version(capsys):
     assert code == 0 and out.startswith("catcli ")
 
 
+@pytest.mark.skipif(not MATH_TRAIN.exists(), reason="needs ../shared/data/math/train.jsonl beside the checkout")
 def test_data_show_counts_math_levels(capsys):
     code, out, _ = call(capsys, "data", "show", "--data", str(MATH_TRAIN), "--levels", "1-3", "--json")
     assert code == 0
@@ -271,6 +272,16 @@ TRAIN_BAD = [
     (["rl", "--loss-type", "ppo", "--data", "arith"], "--loss-type must be one of"),
     (["rl", "--max-steps", "0", "--data", "arith"], "--max-steps must be at least 1"),
     (["rl", "--temperature", "0", "--data", "arith"], "--temperature must be positive"),
+    (["rl", "--vllm", "--data", "arith"], "--vllm needs a CUDA GPU and the vllm package"),
+    (["rl", "--method", "pkpo", "--strategy", "maj@4", "--data", "arith"], "pkpo does not apply to maj@4"),
+    (
+        ["rl", "--method", "passk", "--strategy", "pass@16", "--num-generations", "4", "--data", "arith"],
+        "k = N = 16 <= M = 4",
+    ),
+    (["rl", "--method", "ppo", "--data", "arith"], "--method must be one of"),
+    (["rl", "--optim", "sgd", "--data", "arith"], "--optim must be one of"),
+    (["sft", "--lr-scheduler", "cyclic", "--data", "arith"], "--lr-scheduler must be one of"),
+    (["sft", "--warmup-steps", "-1", "--data", "arith"], "--warmup-steps must be >= 0"),
 ]
 
 

@@ -78,6 +78,9 @@ ADVERSARIAL = [
 
 
 def _grade_all(texts):
+    # imports math-verify and, off the main thread, starts the grading worker: one-off set-up
+    # that a busy machine can stretch past the bound, so it stays outside the timed calls
+    grade_completion("3", "\\boxed{4}")
     out = []
     for t in texts:
         start = time.monotonic()
@@ -109,6 +112,7 @@ def test_adversarial_answers_are_wrong_and_bounded_in_a_worker_process():
         _check(pool.submit(_grade_all, ADVERSARIAL).result(timeout=120))
 
 
+@pytest.mark.skipif(not MATH_TRAIN.exists(), reason="needs ../shared/data/math/train.jsonl beside the checkout")
 def test_grader_on_real_math_solutions():
     """Each solution is right against its own answer and wrong against another record's."""
     rows = [json.loads(line) for line in MATH_TRAIN.read_text().splitlines()]

@@ -312,8 +312,22 @@ def test_maj_rl_clip_then_normalise_and_all_wrong_penalty():
     torch.testing.assert_close(out.weights[:, 0], clipped / clipped.mean())
     adv = obj.group_advantages(correct.double())
     cat = obj.cat_advantages(s, adv, out.weights, correct)
-    assert torch.allclose(cat[0], torch.full((4,), -0.5, dtype=torch.float64))
+    # the penalty comes before the weight: (0 - 0.5) * w, and w != 1 here
+    assert out.weights[0, 0].item() != pytest.approx(1.0)
+    torch.testing.assert_close(cat[0], -0.5 * out.weights[0])
     torch.testing.assert_close(cat[1], adv[1] * out.weights[1])
+
+
+def test_all_wrong_penalty_is_weighted_like_the_authors_reference():
+    # their test: rewards [[0,0],[1,1]] with penalty 0.5 give group advantages [[-0.5,-0.5],[0,0]];
+    # the CAT weight multiplies those, so an all-wrong group with weight 2 ends at -1
+    s = parse_strategy("maj@4:k=2")
+    correct = torch.tensor([[0, 0], [1, 1]])
+    adv = obj.group_advantages(correct.double())
+    unit = obj.cat_advantages(s, adv, torch.ones(2, 2), correct)
+    torch.testing.assert_close(unit, torch.tensor([[-0.5, -0.5], [0.0, 0.0]], dtype=torch.float64))
+    weighted = obj.cat_advantages(s, adv, torch.tensor([[2.0, 2.0], [0.5, 0.5]]), correct)
+    torch.testing.assert_close(weighted, torch.tensor([[-1.0, -1.0], [0.0, 0.0]], dtype=torch.float64))
 
 
 def test_pass_rl_weights_from_rollout_log_probs_unnormalised_and_clipped():

@@ -43,3 +43,18 @@ def test_sft_dry_run_prints_the_resolved_config(capsys):
     cfg = json.loads(capsys.readouterr().out)["sft"]
     assert cfg["strategy"] == "maj@16:k=4" and cfg["target"] == "solution" and cfg["reduction"] == "token"
     assert cfg["lora_targets"] == ["q_proj", "k_proj", "v_proj", "o_proj"]
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if "rl" in config.load_recipe(p)], ids=lambda p: p.name)
+def test_rl_recipes_train_as_the_paper_does(path):
+    """cat-spec §7: RL at a constant learning rate with no warm-up; the maj@N warm-up is 3 CE epochs
+    at lr 2e-5 on 2,000 problems; explicit, so Unsloth's GPU defaults cannot fill them in."""
+    recipe = config.load_recipe(path)
+    assert {"optim", "lr_scheduler", "warmup_steps"} <= set(recipe["rl"])
+    cfg = config.resolve(RLRunConfig, "rl", recipe, {})
+    assert (cfg.lr_scheduler, cfg.warmup_steps, cfg.optim) == ("constant", 0, "adamw_torch")
+    if "sft" in recipe:  # a CE warm-up that every branch starts from
+        warmup = config.resolve(SFTRunConfig, "sft", recipe, {})
+        assert (warmup.strategy, warmup.epochs, warmup.lr, warmup.limit) == ("ce", 3, 2e-5, 2000)
+        assert (warmup.lr_scheduler, warmup.warmup_steps) == ("linear", 0)
+        assert (warmup.lora_r, warmup.lora_alpha, warmup.lora_targets) == (cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)

@@ -19,7 +19,16 @@ pytestmark = pytest.mark.slow
 M = 4  # rollouts per prompt
 
 
-def _trainer(tmp_path, strategy: str, pattern: list[float], form: str = "raw", max_tokens: int = 6):
+def _trainer(
+    tmp_path,
+    strategy: str,
+    pattern: list[float],
+    form: str = "raw",
+    max_tokens: int = 6,
+    method="cat",
+    extra: list[float] | None = None,
+    **config,
+):
     from catcli.trainers.rl import _cat_grpo_trainer_class
 
     trainer_cls = _cat_grpo_trainer_class()
@@ -32,28 +41,35 @@ def _trainer(tmp_path, strategy: str, pattern: list[float], form: str = "raw", m
     def stub_correctness(completions, **kwargs):  # column 0: the pattern, whatever was generated
         return list(pattern)
 
-    rows = [
-        {"prompt": [{"role": "user", "content": f"Problem:\nWhat is {i} + {i}?"}], "answer": str(2 * i)}
+    def stub_closeness(completions, **kwargs):  # an extra graded reward, whatever was generated
+        return list(extra)
+
+    rows = [  # prompts of different lengths, so left padding is exercised
+        {"prompt": [{"role": "user", "content": f"Problem:\nWhat is {i} + {i}?" + " Think." * i}], "answer": str(2 * i)}
         for i in range(len(pattern) // M)
     ]
     args = GRPOConfig(
-        output_dir=str(tmp_path / "ck"),
-        per_device_train_batch_size=len(pattern),
-        num_generations=M,
-        max_completion_length=max_tokens,
-        temperature=0.8,
-        report_to=[],
-        disable_tqdm=True,
-        beta=0.0,
+        **{
+            "output_dir": str(tmp_path / "ck"),
+            "per_device_train_batch_size": len(pattern),
+            "num_generations": M,
+            "max_completion_length": max_tokens,
+            "temperature": 0.8,
+            "report_to": [],
+            "disable_tqdm": True,
+            "beta": 0.0,
+            **config,
+        }
     )
     trainer = trainer_cls(
         model=model,
-        reward_funcs=[stub_correctness],
+        reward_funcs=[stub_correctness] + ([stub_closeness] if extra else []),
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tok,
         strategy=parse_strategy(strategy),
         form=form,
+        method=method,
     )
     model.train()
     inputs = [row for row in rows for _ in range(M)]
@@ -72,23 +88,14 @@ def test_grpo_advantages_are_trls_own_group_standardisation(tmp_path):
 
 
 def test_maj_weights_scale_each_prompt_and_are_not_cancelled(tmp_path):
+    from catcli.trainers.rl import wrong_mode_count
+
     pattern = [1, 0, 0, 0, 1, 1, 0, 0]  # success rates 1/4 and 2/4
     trainer, _, inputs = _trainer(tmp_path, "maj@4", pattern)
     out = trainer._generate_and_score_completions(inputs)
-    keys = trainer._cat_keys
-    correct = torch.tensor(pattern).view(-1, M).bool()
-    c_max = torch.tensor(
-        [
-            max(
-                [
-                    sum(1 for k, ok in zip(keys[i * M : (i + 1) * M], correct[i]) if not ok and k == key)
-                    for key in set(keys[i * M : (i + 1) * M])
-                ]
-                + [0]
-            )
-            for i in range(2)
-        ]
-    )
+    texts = trainer.processing_class.batch_decode(out["completion_ids"], skip_special_tokens=True)
+    c_max = [wrong_mode_count(inputs[i * M]["answer"], texts[i * M : (i + 1) * M]) for i in range(2)]
+    assert trainer._cat_c_max == c_max
     ks = tuple(objectives.dynamic_k(4, int(c), M) for c in c_max)
     raw = torch.stack(
         [
@@ -106,32 +113,123 @@ def test_maj_weights_scale_each_prompt_and_are_not_cancelled(tmp_path):
     assert trainer.cat_window[-1]["ks"] == ks
 
 
-def test_maj_all_wrong_penalty(tmp_path):
+def test_maj_all_wrong_penalty_comes_before_the_weight(tmp_path):
     pattern = [0, 0, 0, 0, 1, 0, 1, 0]
     trainer, _, inputs = _trainer(tmp_path, "maj@4:k=2", pattern)
     out = trainer._generate_and_score_completions(inputs)
-    assert torch.allclose(out["advantages"][:M].double(), torch.full((M,), -0.5, dtype=torch.float64))
+    w = trainer.cat_window[-1]["w"]
+    assert w[0].item() != pytest.approx(1.0)  # batch-mean normalised: the all-wrong group's weight is not 1
+    torch.testing.assert_close(out["advantages"][:M].double(), -0.5 * w[:M], rtol=1e-5, atol=1e-6)
     assert (out["advantages"][M:] != 0).all()
+
+
+def test_c_max_counts_wrong_answers_by_evals_vote_classes():
+    from catcli.grading import vote_key
+    from catcli.trainers.rl import wrong_mode_count
+
+    half = [r"so \boxed{\frac{\sqrt{2}}{2}}", r"\boxed{\frac{1}{\sqrt{2}}}", r"\boxed{\frac{\sqrt 2}{2}}"]
+    assert len({vote_key(r"\frac{\sqrt{2}}{2}"), vote_key(r"\frac{1}{\sqrt{2}}")}) == 2  # keys alone split them
+    assert wrong_mode_count("7", half + [r"\boxed{3}", r"\boxed{3}", r"\boxed{7}"]) == 3
+    assert wrong_mode_count("7", ["no answer", "none either", r"\boxed{3}", r"\boxed{7}"]) == 2
+    assert wrong_mode_count("7", [r"\boxed{7}", r"\boxed{7.0}"]) == 0
+
+
+def _reference_seq_log_p(model, out, temperature: float = 0.8):
+    """Each rollout scored alone, unpadded: what the sampling policy gave it."""
+    seqs = []
+    for i in range(out["prompt_ids"].shape[0]):
+        prompt = out["prompt_ids"][i][out["prompt_mask"][i].bool()]
+        completion = out["completion_ids"][i][out["completion_mask"][i].bool()]
+        ids = torch.cat([prompt, completion]).unsqueeze(0)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1].double() / temperature
+        logp = torch.log_softmax(logits, -1)[-len(completion) :].gather(-1, completion.unsqueeze(-1))
+        seqs.append(logp.sum())
+    return torch.stack(seqs)
 
 
 def test_pass_weights_come_from_rollout_log_probs(tmp_path):
     pattern = [1, 0, 1, 0, 0, 1, 0, 0]
     trainer, model, inputs = _trainer(tmp_path, "pass@4", pattern, max_tokens=3)
     out = trainer._generate_and_score_completions(inputs)
-    # independent sequence log-probs of the rollouts at the sampling temperature
-    ids = torch.cat([out["prompt_ids"], out["completion_ids"]], 1)
-    att = torch.cat([out["prompt_mask"], out["completion_mask"]], 1)
-    with torch.no_grad():
-        logits = model(input_ids=ids, attention_mask=att).logits[:, :-1].double() / 0.8
-    n_c = out["completion_ids"].shape[1]
-    logp = torch.log_softmax(logits, -1)[:, -n_c:].gather(-1, out["completion_ids"].unsqueeze(-1)).squeeze(-1)
-    seq = (logp * out["completion_mask"]).sum(-1)
+    assert (out["prompt_mask"] == 0).any()  # left padding is exercised
+    seq = _reference_seq_log_p(model, out)
     torch.testing.assert_close(trainer._rollout_seq_log_p(out), seq, rtol=1e-4, atol=1e-4)
     w = objectives.w_rl(parse_strategy("pass@4"), objectives.rollout_log_p(seq)).clamp(max=50.0)
-    torch.testing.assert_close(out["advantages"].double(), _vanilla(pattern) * w, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out["advantages"].double(), _vanilla(pattern) * w, rtol=1e-4, atol=1e-5)
 
 
-def test_rl_cli_runs_and_writes_outputs(tmp_path):
+def test_rollout_log_probs_ignore_per_token_logps_that_do_not_line_up(tmp_path):
+    # Unsloth's GPU log-prob method moves left padding right and returns logits_to_keep + max_left_pad
+    # columns: such per-token log-probs must not be multiplied by the completion mask
+    pattern = [1, 0, 1, 0, 0, 1, 0, 0]
+    trainer, model, inputs = _trainer(tmp_path, "pass@4", pattern, max_tokens=3)
+    out = trainer._generate_and_score_completions(inputs)
+    pad = int((out["prompt_mask"] == 0).sum(-1).max())
+    assert pad > 0
+    mask = out["completion_mask"]
+    wider = torch.full((mask.shape[0], mask.shape[1] + pad), -7.0)
+    out["old_per_token_logps"] = wider
+    torch.testing.assert_close(trainer._rollout_seq_log_p(out), _reference_seq_log_p(model, out), rtol=1e-4, atol=1e-4)
+    aligned = torch.full(mask.shape, -0.25)
+    out["old_per_token_logps"] = aligned  # kept by TRL and lined up: the rollout policy's own, used as is
+    torch.testing.assert_close(trainer._rollout_seq_log_p(out), (aligned * mask).sum(-1).double())
+
+
+def test_pinned_settings_undo_unsloths_overrides(tmp_path):
+    # what Unsloth's GPU GRPOConfig leaves behind for dr_grpo: no group std, its optimiser, a warm-up
+    from catcli.trainers import pin_settings
+
+    pattern = [1, 0, 0, 0, 1, 1, 1, 0]
+    overridden = dict(scale_rewards="none", optim="adamw_torch_fused", warmup_steps=0.1, loss_type="dr_grpo")
+    trainer, _, inputs = _trainer(tmp_path, "grpo", pattern, lr_scheduler_type="linear", **overridden)
+    assert trainer.scale_rewards == "none"
+    asked = dict(
+        scale_rewards="group", optim="adamw_torch", warmup_steps=0, lr_scheduler_type="constant", loss_type="dr_grpo"
+    )
+    resolved = pin_settings(trainer, asked)
+    assert trainer.scale_rewards == "group" and trainer.args.scale_rewards == "group"
+    assert resolved["scale_rewards"] == "group" and resolved["trainer.scale_rewards"] == "group"
+    assert resolved["optim"] == "adamw_torch" and resolved["warmup_steps"] == 0
+    assert resolved["lr_scheduler_type"] == "constant" and resolved["trainer.loss_type"] == "dr_grpo"
+    out = trainer._generate_and_score_completions(inputs)
+    torch.testing.assert_close(out["advantages"].double(), _vanilla(pattern), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="per_device_train_batch_size"):
+        pin_settings(trainer, {"per_device_train_batch_size": 3})  # not pinnable: refused, never silently kept
+
+
+def test_bon_ranks_correctness_plus_the_extra_reward_so_wrong_rollouts_are_spread(tmp_path):
+    pattern = [0, 0, 0, 0, 1, 0, 0, 0]  # all wrong, then one right
+    closeness = [0.1, 0.9, 0.5, 0.0, 1.0, 0.3, 0.3, 0.8]  # ties share a rank
+    trainer, _, inputs = _trainer(tmp_path, "bon@4", pattern, extra=closeness, reward_weights=[1.0, 1.0])
+    out = trainer._generate_and_score_completions(inputs)
+    combined = torch.tensor(pattern, dtype=torch.float64) + torch.tensor(closeness, dtype=torch.float64)
+    q = objectives.bon_quantile(combined.view(-1, M))
+    raw = (4 * q**3).view(-1)
+    w = raw / raw.mean()
+    torch.testing.assert_close(trainer.cat_window[-1]["w"], w)
+    wrong = w[:M]  # the all-wrong group: weights spread by closeness, not all near 0
+    assert wrong.max() > 5 * wrong.min() and wrong.max() > 1.0
+    assert w[5] == w[6]  # tied combined reward, tied weight
+    torch.testing.assert_close(out["advantages"].double(), _vanilla(combined.tolist()) * w, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["pkpo", "passk", "passk-best"])
+def test_peer_methods_replace_the_advantage(tmp_path, method):
+    from catcli import peers
+
+    pattern = [1, 0, 0, 0, 1, 1, 0, 1]
+    trainer, _, inputs = _trainer(tmp_path, "pass@4", pattern, method=method)
+    out = trainer._generate_and_score_completions(inputs)
+    correct = torch.tensor(pattern).view(-1, M).bool()
+    want = peers.method_advantages(method, parse_strategy("pass@4"), correct.double(), correct).view(-1)
+    torch.testing.assert_close(out["advantages"].double(), want, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(want, _vanilla(pattern).to(want.dtype), atol=1e-3)  # not GRPO's advantage
+    assert "w" not in trainer.cat_window[-1] and trainer.cat_window[-1]["adv"].shape == (8,)
+
+
+@pytest.mark.parametrize("strategy, method", [("maj@4", "cat"), ("pass@4", "cat"), ("pass@4", "pkpo")])
+def test_rl_cli_runs_and_writes_outputs(tmp_path, strategy, method):
     out = tmp_path / "rl"
     r = run_cli(
         "rl",
@@ -140,7 +238,7 @@ def test_rl_cli_runs_and_writes_outputs(tmp_path):
         "--data",
         "arith",
         "--strategy",
-        "maj@4",
+        strategy,
         "--num-generations",
         "4",
         "--max-steps",
@@ -149,18 +247,49 @@ def test_rl_cli_runs_and_writes_outputs(tmp_path):
         "2",
         "--max-new-tokens",
         "24",
+        "--method",
+        method,
         "--out",
         str(out),
     )
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]
-    assert {"reward_mean", "frac_reward_zero_std", "weight_mean", "weight_min", "weight_max", "dynamic_k"} <= set(
-        log[0]
-    )
+    want = {"method", "reward_mean", "frac_reward_zero_std", "weight_mean", "weight_min", "weight_max", "dynamic_k"}
+    assert want | {"adv_mean", "adv_abs_mean", "adv_min", "adv_max", "adv_frac_zero"} <= set(log[0])
+    assert log[0]["method"] == method and json.loads((out / "run.json").read_text())["method"] == method
     run = json.loads((out / "run.json").read_text())
-    assert run["global_step"] == 2 and run["strategy"] == "maj@4"
+    assert run["global_step"] == 2 and run["strategy"] == strategy
+    held = run["trainer_args"]  # read back from the trainer after construction
+    assert held["scale_rewards"] == "group" and held["trainer.scale_rewards"] == "group"
+    assert held["optim"] == "adamw_torch" and held["lr_scheduler_type"] == "constant" and held["warmup_steps"] == 0
+    assert held["loss_type"] == "dr_grpo" and held["num_iterations"] == 1
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def boxing_adapter(tmp_path_factory):
+    """A few answer-only CE steps: enough for the embedded model to box its answers (it rarely does
+    untrained), so that graded rewards like closeness see answers to grade."""
+    out = tmp_path_factory.mktemp("warmup") / "sft"
+    r = run_cli("sft", "--model", "smollm2-135m", "--data", "arith", "--levels", "1", "--limit", "64",
+                "--max-steps", "12", "--batch-size", "8", "--grad-accum", "1", "--lr", "3e-4", "--no-load-in-4bit",
+                "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def test_rl_bon_with_closeness_reward_on_the_embedded_model(tmp_path, boxing_adapter):
+    out = tmp_path / "rl"
+    r = run_cli("rl", "--model", "smollm2-135m", "--init-adapter", str(boxing_adapter), "--no-load-in-4bit",
+                "--data", "arith", "--levels", "1", "--strategy", "bon@4", "--reward", "closeness",
+                "--num-generations", "4", "--prompts-per-step", "2", "--max-steps", "2", "--max-new-tokens", "16",
+                "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [1, 2]
+    assert all(row["weight_min"] < row["weight_max"] for row in log)  # spread, not all wrong answers at ~0
+    assert json.loads((out / "run.json").read_text())["trainer_args"]["reward_weights"] == [1.0, 1.0]
 
 
 def test_rl_killed_after_a_checkpoint_resumes_from_it(tmp_path):
@@ -180,7 +309,7 @@ def test_rl_killed_after_a_checkpoint_resumes_from_it(tmp_path):
         "--prompts-per-step",
         "1",
         "--max-steps",
-        "3",
+        "4",  # the kill lands after step 1, with 3 steps left: the run cannot finish first
         "--max-new-tokens",
         "16",
         "--save-steps",
@@ -190,12 +319,14 @@ def test_rl_killed_after_a_checkpoint_resumes_from_it(tmp_path):
     ]
     proc = start_cli(*args)
     wait_for(lambda: (out / "checkpoints" / "checkpoint-1" / "trainer_state.json").exists(), proc)
-    time.sleep(0.5)
+    time.sleep(0.5)  # trainer_state.json is written in place: let the write end before the kill
+    assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    assert not (out / "adapter").exists()  # killed mid-run, or the resume below would test nothing
     r = run_cli(*args, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
-    state = json.loads((out / "checkpoints" / "checkpoint-3" / "trainer_state.json").read_text())
-    assert state["global_step"] == 3
+    state = json.loads((out / "checkpoints" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert steps == sorted(set(steps)) and steps[-1] == 3  # continued, never logged a step twice
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # continued, never logged a step twice

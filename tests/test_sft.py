@@ -129,6 +129,17 @@ def test_rivals_never_pick_the_gold_token():
     assert (rivals[0::2] != 0).all() and (rivals[1::2] != 1).all()
 
 
+def test_rivals_are_drawn_when_every_other_probability_underflows():
+    # exp(-200) underflows in float32: zeroing the gold probability after the softmax leaves an
+    # all-zero row and multinomial raises; masking the gold logit first keeps the rivals' shape
+    from catcli.trainers.sft import sample_rivals
+
+    logits = torch.tensor([[200.0, 0.0, 1.0], [0.0, 0.0, 300.0]])
+    rivals = sample_rivals(logits.repeat(100, 1), torch.tensor([0, 2]).repeat(100), k=4)
+    assert (rivals[0::2] != 0).all() and (rivals[1::2] != 2).all()
+    assert (rivals[0::2] == 2).float().mean() > 0.6  # logit 1 vs 0 among the rivals: e / (1 + e) = 0.73
+
+
 @pytest.mark.parametrize("strategy", ["ce", "pass@4"])
 def test_hybrid_loss_is_w_sft_times_half_ce_half_pairwise_token_mean(tmp_path, strategy):
     from catcli.trainers.sft import sample_rivals
@@ -169,13 +180,13 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
         "--strategy",
         "pass@4",
         "--max-steps",
-        "4",
+        "12",  # the kill lands after step 2, with 10 steps left: the run cannot finish first
         "--batch-size",
         "2",
         "--grad-accum",
         "1",
         "--save-steps",
-        "1",
+        "2",
         "--lr",
         "1e-4",
         "--out",
@@ -194,8 +205,8 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
         if (out / "checkpoints" / "checkpoint-2" / "trainer_state.json").exists():
             break
         time.sleep(0.5)
+    time.sleep(1.0)  # trainer_state.json is written in place: let the write end before the kill
     assert proc.poll() is None, "the run finished before it could be killed"
-    time.sleep(1.0)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert not (out / "adapter").exists()
@@ -203,11 +214,11 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     r = run_cli(*args, "--resume")
     assert r.returncode == 0, r.stderr[-3000:]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
-    assert [row["step"] for row in log] == [1, 2, 3, 4]  # continued from the checkpoint, no step twice
+    assert [row["step"] for row in log] == list(range(1, 13))  # continued from the checkpoint, no step twice
     assert {"loss", "weight_mean", "weight_min", "weight_max", "p_mean"} <= set(log[0])
     assert all(row["weight_min"] <= row["weight_mean"] <= row["weight_max"] for row in log)
     run = json.loads((out / "run.json").read_text())
-    assert run["global_step"] == 4 and run["strategy"] == "pass@4"
+    assert run["global_step"] == 12 and run["strategy"] == "pass@4"
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter" / "catcli_base.json").read_text())["model"] == "smollm2-135m"
 

@@ -28,7 +28,7 @@ from catcli.errors import UsageError
 from catcli.models import LoraSettings, import_unsloth, load_model
 from catcli.prompts import DEFAULT_INSTRUCTION, build_target, user_message
 from catcli.rundir import provenance
-from catcli.trainers import common_args, start_run, train_and_save, train_log_callback
+from catcli.trainers import common_args, pin_settings, start_run, train_and_save, train_log_callback
 
 _PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
 
@@ -52,14 +52,18 @@ class SFTRunConfig:
     lr: float = 5e-6
     weight_decay: float = 0.01
     max_grad_norm: float = 0.3
+    optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
+    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"  # the paper's SFT: linear decay, no warm-up
+    warmup_steps: int = 0
     batch_size: int = 1
     grad_accum: int = 4
     max_length: int = 1024
     save_steps: int = 50
-    lora_r: int = 16
-    lora_alpha: int = 16
-    lora_targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
-    load_in_4bit: bool = True
+    # None: the default below for a fresh LoRA, the adapter's own with init_adapter
+    lora_r: int | None = None
+    lora_alpha: int | None = None
+    lora_targets: tuple[str, ...] | None = None
+    load_in_4bit: bool | None = None  # None: 4-bit on a CUDA GPU, 16-bit on a CPU (models.py)
     init_adapter: str | None = None  # continue from this adapter (a CE warm-up) instead of a fresh LoRA
     report_to: Literal["none", "tensorboard", "wandb"] = "none"
     save_merged: bool = False  # also write OUT/merged: the adapter merged into a 16-bit base
@@ -75,12 +79,20 @@ class SFTRunConfig:
         # the hybrid loss is a token average by definition (cat-spec §5)
         return "sequence" if self.target == "answer" and not self.hybrid else "token"
 
+    LORA_DEFAULT = LoraSettings(16, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
+
+    @property
+    def lora(self) -> LoraSettings:
+        """The LoRA a fresh run attaches: the given fields over LORA_DEFAULT."""
+        d = self.LORA_DEFAULT
+        return LoraSettings(self.lora_r or d.r, self.lora_alpha or d.alpha, self.lora_targets or d.targets)
+
     def validate(self) -> objectives.Strategy:
         try:
             strategy = objectives.parse_strategy(self.strategy)
         except objectives.StrategyError as e:
             raise UsageError(str(e)) from None
-        for name in ("batch_size", "grad_accum", "max_length", "save_steps", "lora_r", "lora_alpha"):
+        for name in ("batch_size", "grad_accum", "max_length", "save_steps"):
             if getattr(self, name) < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
@@ -89,6 +101,11 @@ class SFTRunConfig:
             raise UsageError(f"--epochs must be positive, got {self.epochs}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
+        for name in ("lora_r", "lora_alpha"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise UsageError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
         return strategy
 
 
@@ -98,13 +115,14 @@ HYBRID_RIVALS = 4
 def sample_rivals(logits, gold, k: int = HYBRID_RIVALS):
     """K rival tokens per position from softmax(logits) with the gold token masked, detached.
 
-    logits (N, V), gold (N,) -> (N, K) token ids, drawn with replacement.
+    logits (N, V), gold (N,) -> (N, K) token ids, drawn with replacement. The gold logit is set
+    to -inf before the softmax (cat-spec §5): zeroing its probability afterwards leaves an
+    all-zero row, which multinomial refuses, once the model puts all its mass on the gold token.
     """
     import torch
 
-    probs = torch.softmax(logits.detach().float(), -1)
-    probs.scatter_(-1, gold.unsqueeze(-1), 0.0)
-    return torch.multinomial(probs, k, replacement=True)
+    z = logits.detach().float().scatter(-1, gold.unsqueeze(-1), float("-inf"))
+    return torch.multinomial(torch.softmax(z, -1), k, replacement=True)
 
 
 def hybrid_sequence_losses(logits, labels):
@@ -224,21 +242,20 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
         run.model_spec,
         load_in_4bit=cfg.load_in_4bit,
         max_seq_length=cfg.max_length,
-        lora=LoraSettings(cfg.lora_r, cfg.lora_alpha, cfg.lora_targets),
+        lora=cfg.lora,
         trust_remote_code=cfg.trust_remote_code,
     )
-    args = SFTConfig(
+    settings = dict(
         **common_args(cfg, run, progress),
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
-        lr_scheduler_type="linear",
-        warmup_steps=0,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         max_length=cfg.max_length,
         dataset_num_proc=None,
         completion_only_loss=True,
     )
+    args = SFTConfig(**settings)
     trainer_ref: list = []
     trainer = trainer_cls(
         model=model,
@@ -253,6 +270,7 @@ def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
     trainer_ref.append(trainer)
     record = {
         "config": cfgmod.to_dict(cfg),
+        "trainer_args": pin_settings(trainer, settings),
         "strategy": str(strategy),
         "n_problems": len(problems),
         "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,

@@ -1,0 +1,90 @@
+"""How much CAT reweights a data set against CE: the spread of p, w_SFT(p) and w_RL(p) over it.
+
+CE weights every item 1. Multiplying all weights by one constant only rescales the learning rate,
+so what CAT changes is each item's weight relative to the others, w_i / mean(w). An item counts as
+reweighted when that ratio is more than 10 % away from CE's 1: |w_i / mean(w) - 1| > 0.1.
+
+The weights are the paper's Table 1 at the given p, unclipped (objectives.w_sft, w_rl). maj@N
+without `:k=` uses the strict majority for both; `catcli rl` instead picks k per prompt and
+estimates p from its rollouts, so w_RL here is what Table 1 says at these p, not a replay of a run.
+Pure: a list of p and a Strategy in, numbers out; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from catcli.objectives import Form, Strategy, w_rl, w_sft
+
+THRESHOLD = 0.1  # "reweighted": relative weight more than 10 % away from CE's
+QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class Distribution:
+    """Quantiles (linear interpolation, as numpy's default) and mean of one quantity over the items."""
+
+    min: float
+    p10: float
+    p50: float
+    p90: float
+    max: float
+    mean: float
+
+
+@dataclass(frozen=True)
+class Reweighting:
+    """p and the CAT weights over a data set, and the share of its items CAT reweights against CE.
+
+    A share is None when every weight is 0 (pass@N at p = 1 everywhere): there is no relative
+    weight, CAT simply gives those items no gradient. w_rl is None for bon@N, whose RL weight
+    ranks a sample's reward within its group and is not a function of p.
+    """
+
+    strategy: str
+    form: str
+    count: int
+    p: Distribution
+    w_sft: Distribution
+    w_rl: Distribution | None
+    share_sft: float | None
+    share_rl: float | None
+
+
+def distribution(values: Tensor) -> Distribution:
+    qs = torch.quantile(values, torch.tensor(QUANTILES, dtype=values.dtype)).tolist()
+    return Distribution(*qs, mean=values.mean().item())
+
+
+def reweighted_share(w: Tensor, threshold: float = THRESHOLD) -> float | None:
+    """Share of items with |w_i / mean(w) - 1| > threshold; None when all weights are 0."""
+    mean = w.mean()
+    if mean <= 0:
+        return None
+    return ((w / mean - 1).abs() > threshold).to(torch.float64).mean().item()
+
+
+def summarise(ps: Sequence[float], strategy: Strategy, form: Form = "raw") -> Reweighting:
+    """The distribution of p, w_SFT(p) and w_RL(p) over `ps` (each in [0, 1]) and the reweighted shares."""
+    if not ps:
+        raise ValueError("no p values to summarise")
+    p = torch.tensor(ps, dtype=torch.float64)
+    # log 0 = -inf and log 1 = 0: objectives clamps both into its range, which gives each
+    # weight's limit at p = 0 and p = 1 (w_SFT(0) = 1 for pass@N, k for maj@N)
+    log_p = torch.log(p)
+    ws = w_sft(strategy, log_p)
+    wr = None if strategy.kind == "bon" else w_rl(strategy, log_p, form)
+    return Reweighting(
+        strategy=str(strategy),
+        form=form,
+        count=len(ps),
+        p=distribution(p),
+        w_sft=distribution(ws),
+        w_rl=None if wr is None else distribution(wr),
+        share_sft=reweighted_share(ws),
+        share_rl=None if wr is None else reweighted_share(wr),
+    )

@@ -12,7 +12,7 @@ from catcli.errors import ModelError
 
 @pytest.mark.slow
 def test_embedded_model_loads_offline_in_4bit_with_lora():
-    model, tok = models.load_model("smollm2-135m", lora=models.LoraSettings(r=8, alpha=16))
+    model, tok = models.load_model("smollm2-135m", load_in_4bit=True, lora=models.LoraSettings(r=8, alpha=16))
     names = {type(m).__name__ for m in model.modules()}
     assert "Linear4bit" in names  # bitsandbytes 4-bit base weights
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]

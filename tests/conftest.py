@@ -50,7 +50,15 @@ def run_cli(*args: str, timeout: float = 900, env: dict | None = None) -> subpro
 
 
 def start_cli(*args: str):
-    """`catcli` as a background process in its own session (so a test can signal or kill it)."""
+    """`catcli` as a background process in its own session (so a test can signal or kill it).
+
+    SIGINT is reset to its default in the child, as a shell does for a foreground command: a
+    suite started as a background job (`make test &` in a script, some CI launchers) inherits
+    SIGINT ignored, Python keeps it ignored, and Ctrl-C tests would then wait on a run that
+    never sees the signal.
+    """
+    import signal
+
     return subprocess.Popen(
         [sys.executable, "-m", "catcli", *args],
         cwd=ROOT,
@@ -58,6 +66,7 @@ def start_cli(*args: str):
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

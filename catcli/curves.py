@@ -145,12 +145,41 @@ def _fmt(kind: str, value: float, sign: str = "") -> str:
     return f"{100 * value:{sign}.1f}" if _is_rate(kind) else f"{value:{sign}.4g}"
 
 
+def seed_mean_scores(runs: list[list[dict]], ks: list[int]) -> dict[str, dict[str, float]]:
+    """{problem id: {metric: score averaged over the runs}} over the problems and metrics every run has.
+
+    The runs are one arm's seeds on the same problems: averaging per problem first keeps the
+    problem the unit a bootstrap resamples, which the seeds share.
+    """
+    per_run = [per_problem_scores(r, ks) for r in runs]
+    shared = sorted(set.intersection(*(set(s) for s in per_run)))
+    if not shared:
+        raise UsageError("the runs share no problem ids: compare runs on the same problems")
+    names = [m for m in per_run[0][shared[0]] if all(m in s[shared[0]] for s in per_run)]
+    return {i: {m: sum(s[i][m] for s in per_run) / len(per_run) for m in names} for i in shared}
+
+
+def summarise_seeds(runs: list[list[dict]], ks: list[int], seed: int = 0) -> dict:
+    """`summarise` of one arm over its seeds: per problem each metric averaged over the runs, then
+    estimated over problems (no per-level split)."""
+    scores = seed_mean_scores(runs, ks)
+    names = list(next(iter(scores.values())))
+    metrics = {m: estimate([s[m] for s in scores.values()], seed).to_dict() for m in names}
+    return {"n_problems": len(scores), "n_runs": len(runs), "metrics": metrics}
+
+
 def compare(a: list[dict], b: list[dict], ks: list[int], seed: int = 0) -> dict:
     """Paired difference B - A per metric over the problems both runs scored.
 
     Only metrics both runs have: bon metrics when both carry rewards.
     """
-    sa, sb = per_problem_scores(a, ks), per_problem_scores(b, ks)
+    return compare_seeds([a], [b], ks, seed)
+
+
+def compare_seeds(a: list[list[dict]], b: list[list[dict]], ks: list[int], seed: int = 0) -> dict:
+    """`compare` pooled over seeds: each side's per-problem scores averaged over its runs, then
+    B - A paired over the problems all runs share."""
+    sa, sb = seed_mean_scores(a, ks), seed_mean_scores(b, ks)
     shared = sorted(set(sa) & set(sb))
     if not shared:
         raise UsageError("the two runs share no problem ids: compare runs on the same problems")

@@ -8,6 +8,12 @@ from pathlib import Path
 
 import pytest
 
+# Before anything loads torch's OpenMP: its threads spin ~300k times at each barrier before they
+# sleep, so beside another CPU-heavy job on 2 cores every parallel op waits on a descheduled
+# spinner: two such processes ran a loop of small matmuls 17x slower each than alone. With 10k
+# spins it costs nothing alone and 4x side by side (2x is a fair share). CLI subprocesses inherit it.
+os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+
 ROOT = Path(__file__).resolve().parents[1]
 MATH_TRAIN = ROOT.parent / "shared" / "data" / "math" / "train.jsonl"
 

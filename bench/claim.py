@@ -1,0 +1,264 @@
+"""Does CAT work? The claim measured where it should show, over seeds (issue 15).
+
+SFT (recipes/claim_sft.toml): one CE warm-up, then CE, CAT pass@16 and CAT maj@16:k=4 branches
+for SFT_STEPS each, one per seed, in the over-confident regime (answer-only arith level 3, 64
+problems, 25 epochs); each evaluated on 256 held-apart problems x 32 samples with its seed. CE's
+held-apart pass@k against training length comes from seed-0 CE runs of fewer steps.
+RL (recipes/claim_rl.toml): a short CE warm-up on arith level 1 (pass@1 between 0.1 and 0.5),
+then GRPO, CAT pass@8 (log form), CAT maj@8 and PKPO pass@8 for RL_STEPS each, one per seed,
+equal prompts and rollouts; each evaluated on 256 held-apart problems x 16 samples.
+
+Each arm's per-problem scores are averaged over its seeds, then paired against the baseline
+(CE, GRPO) over problems with a bootstrap 95 % CI (catcli.curves.compare_seeds). The weight
+statistics (train_log, `catcli weights --from`) say how far each CAT arm moved from CE.
+
+Every stage is `catcli` in a subprocess writing OUT/<part>/<stage>: finished stages are
+skipped, an interrupted one resumed, so a stopped run loses nothing; OUT/walls/ keeps each
+stage's time across invocations. Prints one JSON object and writes it to OUT/claim.json with
+OUT/sft_curves.png, OUT/rl_curves.png and OUT/ce_over_steps.png.
+
+    python bench/claim.py [--quick] [--out runs/claim] [--parts sft,rl] [--seeds 0,1,2]
+
+Run it beside other work with OMP_NUM_THREADS=1: two 2-thread torch processes on 2 cores
+slow each other far more than 2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import device
+
+from catcli.config import load_recipe
+from catcli.curves import compare_seeds, plot_curves, summarise_seeds
+from catcli.data import load_selection
+from catcli.rundir import read_jsonl, write_atomic
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+SFT_RECIPE, RL_RECIPE = RECIPES / "claim_sft.toml", RECIPES / "claim_rl.toml"
+SFT_STEPS = 200
+CE_STEPS = (50, 100)  # CE's shorter runs for its held-apart pass@k against training length
+SFT_ARMS = {a: ["--strategy", a] for a in ("ce", "pass@16", "maj@16:k=4")}
+RL_STEPS = 40
+RL_ARMS = {
+    "grpo": ["--strategy", "grpo"],
+    "cat_pass@8_log": ["--strategy", "pass@8", "--form", "log"],
+    "cat_maj@8": ["--strategy", "maj@8"],
+    "pkpo_pass@8": ["--method", "pkpo", "--strategy", "pass@8"],
+}
+BUDGET_S = 2 * 3600
+# --quick: every stage on a handful of problems, one step each, to prove the pipeline in CI
+QUICK = {
+    "sft": ["--batch-size", "4", "--max-steps", "1", "--save-steps", "1"],
+    "rl": ["--prompts-per-step", "2", "--max-steps", "1", "--save-steps", "1"],
+    "eval": ["--n", "8", "--k", "1,2,8", "--batch-size", "4"],
+}
+QUICK_LIMIT = {"sft": 8, "rl": 4, "eval": 4}
+
+
+class Bench:
+    def __init__(self, out: Path, quick: bool):
+        self.out, self.quick = out, quick
+
+    def catcli(self, *args: str, capture: bool = False) -> str:
+        """Run catcli; its output goes to stderr (stdout is this script's JSON) unless captured."""
+        out = subprocess.PIPE if capture else sys.stderr
+        r = subprocess.run([sys.executable, "-m", "catcli", *args], stdout=out, text=True)
+        if r.returncode != 0:
+            sys.exit(f"claim: `catcli {' '.join(args)}` failed with exit {r.returncode}")
+        return r.stdout
+
+    def stage(self, out: Path, command: str, recipe: Path, *args: str) -> Path:
+        """`catcli COMMAND --recipe RECIPE ARGS --out OUT` unless finished; resumes a started OUT."""
+        done = out / ("eval.json" if command == "eval" else "adapter/adapter_config.json")
+        if done.exists():
+            return out
+        quick = QUICK[command] if self.quick else []
+        data = ["--data", str(self.frozen(recipe, command))]
+        resume = ["--resume"] if out.is_dir() and any(out.iterdir()) else []
+        print(f"== {out}: catcli {command} {' '.join(args)}", file=sys.stderr)
+        start = time.monotonic()
+        self.catcli(command, "--recipe", str(recipe), *data, *quick, *args, "--out", str(out), *resume)
+        wall = self.wall_file(out)
+        previous = float(wall.read_text()) if wall.exists() else 0.0
+        write_atomic(wall, str(previous + time.monotonic() - start))
+        return out
+
+    def wall_file(self, out: Path) -> Path:
+        """One file per stage, so the SFT and RL parts can run as two processes side by side."""
+        return self.out / "walls" / str(out.relative_to(self.out)).replace("/", "__")
+
+    def walls(self) -> dict[str, float]:
+        return {f.name.replace("__", "/"): float(f.read_text()) for f in sorted((self.out / "walls").glob("[!.]*"))}
+
+    def frozen(self, recipe: Path, command: str) -> Path:
+        """The recipe's problems for COMMAND, chosen once with seed 0 and written as a JSONL file.
+
+        arith's problems and a --limit subset both follow --seed, so without this every seed
+        would train and be evaluated on other problems, and nothing would be paired.
+        """
+        path = self.out / "data" / f"{recipe.stem}_{command}.jsonl"
+        if not path.exists():
+            table = load_recipe(recipe)[command]
+            limit = QUICK_LIMIT[command] if self.quick else table.get("limit")
+            split = table.get("split", "train")
+            problems = load_selection(table["data"], split, levels=table.get("levels"), limit=limit, seed=0)
+            write_atomic(path, "".join(json.dumps(p.to_dict()) + "\n" for p in problems))
+        return path
+
+
+def slug(arm: str) -> str:
+    return arm.replace("@", "_").replace(":", "_").replace("=", "_")
+
+
+def records(eval_dir: Path) -> list[dict]:
+    return read_jsonl(eval_dir / "samples.jsonl")
+
+
+def metrics(eval_dir: Path) -> dict:
+    return {m: e["mean"] for m, e in json.loads((eval_dir / "eval.json").read_text())["metrics"].items()}
+
+
+def ks_of(eval_dir: Path) -> list[int]:
+    return [int(k) for k in json.loads((eval_dir / "eval.json").read_text())["config"]["k"]]
+
+
+def train_stats(run: Path, keys: tuple[str, ...]) -> dict:
+    """Each key's mean over the run's logged steps, and its last value."""
+    rows = [r for r in read_jsonl(run / "train_log.jsonl") if all(r.get(k) is not None for k in keys)]
+    return {k: {"mean": sum(r[k] for r in rows) / len(rows), "last": rows[-1][k]} for k in keys}
+
+
+def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, seeds: list[int], *extra: str):
+    """Each arm trained once per seed with `extra` flags, then evaluated with the same seed."""
+    runs: dict[str, list[Path]] = {a: [] for a in arms}
+    evals: dict[str, list[Path]] = {a: [] for a in arms}
+    for seed in seeds:
+        for arm, flags in arms.items():
+            s = ["--seed", str(seed)]
+            run = bench.stage(out / f"{slug(arm)}_s{seed}", command, recipe, *extra, *flags, *s)
+            runs[arm].append(run)
+            evals[arm].append(bench.stage(out / f"eval_{slug(arm)}_s{seed}", "eval", recipe, "--model", str(run), *s))
+    return runs, evals
+
+
+def pooled_part(evals: dict[str, list[Path]], baseline: str) -> dict:
+    ks = ks_of(evals[baseline][0])
+    runs = {a: [records(d) for d in ds] for a, ds in evals.items()}
+    return {
+        "pooled": {a: summarise_seeds(r, ks) for a, r in runs.items()},
+        "vs_" + slug(baseline): {a: compare_seeds(runs[baseline], r, ks) for a, r in runs.items() if a != baseline},
+    }
+
+
+def per_seed(seeds: list[int], runs: dict, evals: dict, stats: tuple[str, ...]) -> dict:
+    return {
+        a: [{"seed": s, "metrics": metrics(e), **train_stats(r, stats)} for s, r, e in zip(seeds, runs[a], evals[a])]
+        for a in runs
+    }
+
+
+def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
+    out = bench.out / "sft"
+    warmup = bench.stage(out / "warmup", "sft", SFT_RECIPE)
+    warm_eval = bench.stage(out / "eval_warmup", "eval", SFT_RECIPE, "--model", str(warmup))
+    steps = [] if bench.quick else ["--max-steps", str(SFT_STEPS)]
+    runs, evals = branches(bench, out, "sft", SFT_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
+    over_steps = [(0, warm_eval)]
+    for n in () if bench.quick else CE_STEPS:
+        run = bench.stage(out / f"ce_{n}steps", "sft", SFT_RECIPE, "--init-adapter", str(warmup), "--max-steps", str(n))
+        over_steps.append((n, bench.stage(out / f"eval_ce_{n}steps", "eval", SFT_RECIPE, "--model", str(run))))
+    over_steps.append((0 if bench.quick else SFT_STEPS, evals["ce"][0]))
+    result = pooled_part(evals, "ce")
+    result["warmup"] = metrics(warm_eval)
+    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min"))
+    result["ce_over_steps"] = [{"branch_steps": n, **metrics(e)} for n, e in over_steps]
+    result["weights_seed0"] = {
+        a: json.loads(bench.catcli("weights", "--from", str(runs[a][0]), "--strategy", a, "--json", capture=True))
+        for a in arms
+        if a != "ce"
+    }
+    plot_curves(
+        [(f"{a} ({len(seeds)} seeds)", s) for a, s in result["pooled"].items()],
+        bench.out / "sft_curves.png",
+        "SFT, arith L3 answer-only, held-apart",
+    )
+    plot_over_steps(result["ce_over_steps"], bench.out / "ce_over_steps.png")
+    return {"recipe": SFT_RECIPE.name, "branch_steps": None if bench.quick else SFT_STEPS, **result}
+
+
+def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
+    out = bench.out / "rl"
+    warmup = bench.stage(out / "warmup", "sft", RL_RECIPE)
+    warm_eval = bench.stage(out / "eval_warmup", "eval", RL_RECIPE, "--model", str(warmup))
+    runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, "--init-adapter", str(warmup))
+    result = pooled_part(evals, "grpo")
+    result["warmup"] = metrics(warm_eval)
+    stats = ("reward_mean", "frac_reward_zero_std", "adv_abs_mean", "adv_frac_zero", "weight_mean", "weight_max")
+    result["per_seed"] = per_seed(seeds, runs, evals, stats)
+    plot_curves(
+        [(f"{a} ({len(seeds)} seeds)", s) for a, s in result["pooled"].items()],
+        bench.out / "rl_curves.png",
+        "RL, arith L1, held-apart",
+    )
+    return {"recipe": RL_RECIPE.name, "steps": None if bench.quick else RL_STEPS, **result}
+
+
+def plot_over_steps(rows: list[dict], path: Path) -> None:
+    """CE's held-apart pass@1 and pass@k (largest k) against its branch steps."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    top = max((m for m in rows[0] if m.startswith("pass@")), key=lambda m: int(m.split("@")[1]))
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for m in ("pass@1", top):
+        ax.plot([r["branch_steps"] for r in rows], [100 * r[m] for r in rows], marker="o", label=m)
+    ax.set_xlabel("CE steps after the warm-up")
+    ax.set_ylabel("held-apart (%)")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    write_atomic(path, buf.getvalue())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a handful of problems and one step per stage (CI smoke)")
+    ap.add_argument("--out", type=Path, help="[default: runs/claim, or runs/claim_quick with --quick]")
+    ap.add_argument("--parts", default="sft,rl")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", help="run only these arms (comma-separated) besides the baselines ce and grpo")
+    args = ap.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    out = args.out or Path("runs/claim_quick" if args.quick else "runs/claim")
+    out.mkdir(parents=True, exist_ok=True)
+    bench = Bench(out, args.quick)
+    parts = args.parts.split(",")
+    result: dict = {"bench": "claim", "machine": device.describe(), "seeds": seeds, "quick": args.quick}
+    keep = set(args.arms.split(",")) | {"ce", "grpo"} if args.arms else None
+    if "sft" in parts:
+        result["sft"] = sft_part(bench, seeds, {a: f for a, f in SFT_ARMS.items() if keep is None or a in keep})
+    if "rl" in parts:
+        result["rl"] = rl_part(bench, seeds, {a: f for a, f in RL_ARMS.items() if keep is None or a in keep})
+    result["stage_walls_s"] = bench.walls()
+    result["wall_s"] = sum(result["stage_walls_s"].values())  # every stage's own time, summed over invocations
+    result["budget_s"] = BUDGET_S
+    text = json.dumps(result)
+    write_atomic(out / "claim.json", text.encode())
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

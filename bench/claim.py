@@ -3,7 +3,7 @@
 SFT (recipes/claim_sft.toml): one CE warm-up, then CE, CAT pass@16 and CAT maj@16:k=4 branches
 for SFT_STEPS each, one per seed, in the over-confident regime (answer-only arith level 3, 64
 problems, 25 epochs); each evaluated on 256 held-apart problems x 32 samples with its seed. CE's
-held-apart pass@k against training length comes from seed-0 CE runs of fewer steps.
+held-apart pass@k against training length comes from seed-0 CE runs of fewer steps (--ce-steps).
 RL (recipes/claim_rl.toml): a short CE warm-up on arith level 1 (pass@1 between 0.1 and 0.5),
 then GRPO, CAT pass@8 (log form), CAT maj@8 and PKPO pass@8 for RL_STEPS each, one per seed,
 equal prompts and rollouts; each evaluated on 256 held-apart problems x 16 samples.
@@ -42,7 +42,6 @@ from catcli.rundir import read_jsonl, write_atomic
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SFT_RECIPE, RL_RECIPE = RECIPES / "claim_sft.toml", RECIPES / "claim_rl.toml"
 SFT_STEPS = 200
-CE_STEPS = (50, 100)  # CE's shorter runs for its held-apart pass@k against training length
 SFT_ARMS = {a: ["--strategy", a] for a in ("ce", "pass@16", "maj@16:k=4")}
 RL_STEPS = 40
 RL_ARMS = {
@@ -163,14 +162,14 @@ def per_seed(seeds: list[int], runs: dict, evals: dict, stats: tuple[str, ...]) 
     }
 
 
-def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
+def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_steps: list[int]) -> dict:
     out = bench.out / "sft"
     warmup = bench.stage(out / "warmup", "sft", SFT_RECIPE)
     warm_eval = bench.stage(out / "eval_warmup", "eval", SFT_RECIPE, "--model", str(warmup))
     steps = [] if bench.quick else ["--max-steps", str(SFT_STEPS)]
     runs, evals = branches(bench, out, "sft", SFT_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
     over_steps = [(0, warm_eval)]
-    for n in () if bench.quick else CE_STEPS:
+    for n in () if bench.quick else ce_steps:
         run = bench.stage(out / f"ce_{n}steps", "sft", SFT_RECIPE, "--init-adapter", str(warmup), "--max-steps", str(n))
         over_steps.append((n, bench.stage(out / f"eval_ce_{n}steps", "eval", SFT_RECIPE, "--model", str(run))))
     over_steps.append((0 if bench.quick else SFT_STEPS, evals["ce"][0]))
@@ -239,6 +238,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="[default: runs/claim, or runs/claim_quick with --quick]")
     ap.add_argument("--parts", default="sft,rl")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument(
+        "--ce-steps", default="50,100", help="shorter CE runs: held-apart pass@k against training length ('' none)"
+    )
     ap.add_argument("--arms", help="run only these arms (comma-separated) besides the baselines ce and grpo")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -249,7 +251,9 @@ def main() -> None:
     result: dict = {"bench": "claim", "machine": device.describe(), "seeds": seeds, "quick": args.quick}
     keep = set(args.arms.split(",")) | {"ce", "grpo"} if args.arms else None
     if "sft" in parts:
-        result["sft"] = sft_part(bench, seeds, {a: f for a, f in SFT_ARMS.items() if keep is None or a in keep})
+        ce_steps = [int(n) for n in args.ce_steps.split(",") if n]
+        arms = {a: f for a, f in SFT_ARMS.items() if keep is None or a in keep}
+        result["sft"] = sft_part(bench, seeds, arms, ce_steps)
     if "rl" in parts:
         result["rl"] = rl_part(bench, seeds, {a: f for a, f in RL_ARMS.items() if keep is None or a in keep})
     result["stage_walls_s"] = bench.walls()

@@ -188,7 +188,7 @@ def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_step
         "SFT, arith L3 answer-only, held-apart",
     )
     plot_over_steps(result["ce_over_steps"], bench.out / "ce_over_steps.png")
-    return {"recipe": SFT_RECIPE.name, "branch_steps": None if bench.quick else SFT_STEPS, **result}
+    return {"recipe": SFT_RECIPE.name, "seeds": seeds, "branch_steps": None if bench.quick else SFT_STEPS, **result}
 
 
 def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
@@ -205,7 +205,7 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
         bench.out / "rl_curves.png",
         "RL, arith L1, held-apart",
     )
-    return {"recipe": RL_RECIPE.name, "steps": None if bench.quick else RL_STEPS, **result}
+    return {"recipe": RL_RECIPE.name, "seeds": seeds, "steps": None if bench.quick else RL_STEPS, **result}
 
 
 def plot_over_steps(rows: list[dict], path: Path) -> None:
@@ -238,6 +238,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="[default: runs/claim, or runs/claim_quick with --quick]")
     ap.add_argument("--parts", default="sft,rl")
     ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--rl-seeds", help="the RL part's seeds [default: --seeds]")
     ap.add_argument(
         "--ce-steps", default="50,100", help="shorter CE runs: held-apart pass@k against training length ('' none)"
     )
@@ -248,14 +249,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(out, args.quick)
     parts = args.parts.split(",")
-    result: dict = {"bench": "claim", "machine": device.describe(), "seeds": seeds, "quick": args.quick}
+    result: dict = {"bench": "claim", "machine": device.describe(), "quick": args.quick}
     keep = set(args.arms.split(",")) | {"ce", "grpo"} if args.arms else None
     if "sft" in parts:
         ce_steps = [int(n) for n in args.ce_steps.split(",") if n]
         arms = {a: f for a, f in SFT_ARMS.items() if keep is None or a in keep}
         result["sft"] = sft_part(bench, seeds, arms, ce_steps)
     if "rl" in parts:
-        result["rl"] = rl_part(bench, seeds, {a: f for a, f in RL_ARMS.items() if keep is None or a in keep})
+        rl_seeds = [int(s) for s in args.rl_seeds.split(",")] if args.rl_seeds else seeds
+        result["rl"] = rl_part(bench, rl_seeds, {a: f for a, f in RL_ARMS.items() if keep is None or a in keep})
     result["stage_walls_s"] = bench.walls()
     result["wall_s"] = sum(result["stage_walls_s"].values())  # every stage's own time, summed over invocations
     result["budget_s"] = BUDGET_S

@@ -46,6 +46,6 @@ noise = "within noise (the CI contains 0)" if lo <= 0 <= hi else "beyond this ru
 print(
     f"CAT - CE on pass@{k}: {100 * d['mean']:+.1f} points, paired 95 % CI [{lo:+.1f}, {hi:+.1f}] over "
     f"{d['n_problems']} held-apart problems: {noise}. One seed and minutes of training: the measurement "
-    "to go by is bench/cat_vs_ce.py (docs/benchmarks.md)."
+    "to go by is bench/claim.py (3 seeds; docs/benchmarks.md)."
 )
 EOF

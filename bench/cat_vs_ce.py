@@ -35,7 +35,7 @@ def catcli(*args: str, capture: bool = False) -> str:
     out = subprocess.PIPE if capture else sys.stderr
     r = subprocess.run([sys.executable, "-m", "catcli", *args], stdout=out, text=True)
     if r.returncode != 0:
-        sys.exit(f"cat_vs_ce: `catcli {' '.join(args)}` failed with exit {r.returncode}")
+        sys.exit(f"{Path(sys.argv[0]).stem}: `catcli {' '.join(args)}` failed with exit {r.returncode}")
     return r.stdout
 
 

@@ -27,15 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import device
+from cat_vs_ce import catcli, stage
 
 from catcli.config import load_recipe
-from catcli.curves import compare_seeds, plot_curves, summarise_seeds
+from catcli.curves import compare_seeds, plot_curves, save_png, summarise_seeds
 from catcli.data import load_selection
 from catcli.rundir import read_jsonl, write_atomic
 
@@ -64,25 +63,15 @@ class Bench:
     def __init__(self, out: Path, quick: bool):
         self.out, self.quick = out, quick
 
-    def catcli(self, *args: str, capture: bool = False) -> str:
-        """Run catcli; its output goes to stderr (stdout is this script's JSON) unless captured."""
-        out = subprocess.PIPE if capture else sys.stderr
-        r = subprocess.run([sys.executable, "-m", "catcli", *args], stdout=out, text=True)
-        if r.returncode != 0:
-            sys.exit(f"claim: `catcli {' '.join(args)}` failed with exit {r.returncode}")
-        return r.stdout
-
     def stage(self, out: Path, command: str, recipe: Path, *args: str) -> Path:
         """`catcli COMMAND --recipe RECIPE ARGS --out OUT` unless finished; resumes a started OUT."""
-        done = out / ("eval.json" if command == "eval" else "adapter/adapter_config.json")
-        if done.exists():
+        done = "eval.json" if command == "eval" else "adapter/adapter_config.json"
+        if (out / done).exists():
             return out
         quick = QUICK[command] if self.quick else []
         data = ["--data", str(self.frozen(recipe, command))]
-        resume = ["--resume"] if out.is_dir() and any(out.iterdir()) else []
-        print(f"== {out}: catcli {command} {' '.join(args)}", file=sys.stderr)
         start = time.monotonic()
-        self.catcli(command, "--recipe", str(recipe), *data, *quick, *args, "--out", str(out), *resume)
+        stage(out, done, command, "--recipe", str(recipe), *data, *quick, *args)
         wall = self.wall_file(out)
         previous = float(wall.read_text()) if wall.exists() else 0.0
         write_atomic(wall, str(previous + time.monotonic() - start))
@@ -178,7 +167,7 @@ def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_step
     result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min"))
     result["ce_over_steps"] = [{"branch_steps": n, **metrics(e)} for n, e in over_steps]
     result["weights_seed0"] = {
-        a: json.loads(bench.catcli("weights", "--from", str(runs[a][0]), "--strategy", a, "--json", capture=True))
+        a: json.loads(catcli("weights", "--from", str(runs[a][0]), "--strategy", a, "--json", capture=True))
         for a in arms
         if a != "ce"
     }
@@ -210,8 +199,6 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
 
 def plot_over_steps(rows: list[dict], path: Path) -> None:
     """CE's held-apart pass@1 and pass@k (largest k) against its branch steps."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -225,11 +212,7 @@ def plot_over_steps(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("held-apart (%)")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def main() -> None:

@@ -350,14 +350,12 @@ def _parse_ps(text: str) -> list[float]:
 
 
 def _plot_weights(result: dict, path: Path, form: str) -> None:
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from catcli.rundir import write_atomic
+    from catcli.curves import save_png
 
     pts = [pt for pt in result["points"] if pt["p"] > 0]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -370,11 +368,7 @@ def _plot_weights(result: dict, path: Path, form: str) -> None:
     ax.set_title(f"CAT weights: {result['strategy']}")
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    write_atomic(path, buf.getvalue())
+    save_png(fig, path)
 
 
 # ---------------------------------------------------------------- eval, score, compare, plot

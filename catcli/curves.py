@@ -114,6 +114,13 @@ def plot_curves(runs: list[tuple[str, dict]], path: Path, title: str = "") -> No
         ax.legend()
     if title:
         fig.suptitle(title)
+    save_png(fig, path)
+
+
+def save_png(fig, path: Path) -> None:
+    """Lay out, render and close a matplotlib figure; the PNG is written atomically."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

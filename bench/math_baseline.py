@@ -7,7 +7,7 @@ resumed when interrupted, so a stopped run loses nothing:
   card                      --limit problems (seeded) x 8 samples, k = 1,2,4,8, 512 new tokens,
                             temperature 0.8, in the faster mode
 Prints one JSON object: pass@k and maj@k with CIs overall and per level, the boxed-answer rate,
-wall time and samples/s of each stage that ran in this invocation. The train split may be in
+wall time and samples/s of each stage (its own time, summed over the invocations that ran it). The train split may be in
 the model's pretraining data: this is a card for the pipeline, not a contamination-free score.
 
     python bench/math_baseline.py [--quick] [--out runs/math_baseline] [--limit 48]
@@ -24,20 +24,22 @@ from pathlib import Path
 import device
 from cat_vs_ce import stage
 
-from catcli.rundir import read_jsonl
+from catcli.rundir import read_jsonl, write_atomic
 
 MATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "math" / "train.jsonl"
 SPEED = ["--limit", "4", "--n", "2", "--k", "1,2", "--max-new-tokens", "128", "--batch-size", "4"]
 
 
-def timed_stage(out: Path, *args: str) -> float | None:
-    """Seconds the stage took in this invocation; None when it was already done."""
-    if (out / "eval.json").exists():
+def timed_stage(out: Path, *args: str) -> float:
+    """Seconds the stage took, summed over the invocations that ran it (OUT/../walls/<stage>),
+    so a rerun that skips finished stages still knows which mode was faster."""
+    wall = out.parent / "walls" / out.name
+    if not (out / "eval.json").exists():
+        start = time.monotonic()
         stage(out, "eval.json", *args)
-        return None
-    start = time.monotonic()
-    stage(out, "eval.json", *args)
-    return time.monotonic() - start
+        previous = float(wall.read_text()) if wall.exists() else 0.0
+        write_atomic(wall, str(previous + time.monotonic() - start))
+    return float(wall.read_text())
 
 
 def samples_summary(out: Path) -> dict:
@@ -71,7 +73,7 @@ def main() -> None:
     for name, flag in (("speed_4bit", "--load-in-4bit"), ("speed_16bit", "--no-load-in-4bit")):
         walls[name] = timed_stage(out / name, "eval", *common, *speed, flag)
         result[name] = {"wall_s": walls[name], **samples_summary(out / name)}
-    fast = min(("speed_4bit", "speed_16bit"), key=lambda n: walls[n] if walls[n] is not None else float("inf"))
+    fast = min(("speed_4bit", "speed_16bit"), key=walls.__getitem__)
     card_dir = out / "card"
     if (card_dir / "run.json").exists():  # a started card keeps the mode it started with
         four = json.loads((card_dir / "run.json").read_text())["config"]["load_in_4bit"]
@@ -83,7 +85,7 @@ def main() -> None:
     result["card"] = {
         "mode": fast.removeprefix("speed_"),
         "wall_s": wall,
-        "samples_per_s": summary["samples"] / wall if wall else None,
+        "samples_per_s": summary["samples"] / wall,
         "boxed_rate": summary["boxed_rate"],
         "n_problems": metrics["n_problems"],
         "metrics": metrics["metrics"],

@@ -116,4 +116,7 @@ def test_math_baseline_quick_runs_its_stages_and_a_rerun_skips_them(tmp_path):
     assert card["mode"] in ("4bit", "16bit") and card["n_problems"] == 4 and 0 <= card["boxed_rate"] <= 1
     assert {"pass@4", "maj@4"} <= set(card["metrics"]) and card["levels"]
     again = _run_quick("math_baseline.py", "--out", str(tmp_path))
-    assert again["card"]["wall_s"] is None and again["card"]["metrics"] == card["metrics"]  # every stage skipped
+    assert again["card"]["metrics"] == card["metrics"]
+    # every stage skipped: the recorded walls come back unchanged and still decide the mode
+    assert again["card"]["wall_s"] == card["wall_s"] and again["card"]["mode"] == card["mode"]
+    assert again["speed_4bit"]["wall_s"] == result["speed_4bit"]["wall_s"]

@@ -265,13 +265,17 @@ def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples
         total = sum(1 for _, chunk in todo for p in chunk if p.id not in done)
         task = bar.add_task("sampling", total=total, rate="", detail="")
 
+        # piped to a log (a script's `2> log`) the bar draws nothing until it ends: write plain
+        # lines instead, per chunk and at each quarter of the tokens inside one
+        plain = progress and not bar.console.is_terminal
+        quarter = max(1, settings.max_new_tokens // 4)
+
         def within_chunk(tokens: int, ended: int, sequences: int) -> None:
             # a chunk of long completions takes minutes: move the bar (and its ETA) as sequences end
-            bar.update(
-                task,
-                completed=finished_problems + ended / settings.n,
-                detail=f"chunk: {ended}/{sequences} sequences ended, {tokens}/{settings.max_new_tokens} tokens",
-            )
+            detail = f"chunk: {ended}/{sequences} sequences ended, {tokens}/{settings.max_new_tokens} tokens"
+            bar.update(task, completed=finished_problems + ended / settings.n, detail=detail)
+            if plain and tokens % quarter == 0:
+                bar.console.print(f"sampling: {finished_problems}/{total} problems done, {detail}", highlight=False)
 
         for index, chunk in todo:
             prompts = [build_prompt(tokenizer, p, cfg.instruction) for p in chunk]
@@ -291,6 +295,10 @@ def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples
             finished_problems += len(rows)
             rate = n_samples / (time.monotonic() - start)
             bar.update(task, completed=finished_problems, rate=f"{rate:.1f} samples/s", detail="")
+            if plain:
+                eta_min = (total - finished_problems) * settings.n / rate / 60
+                done_line = f"sampling: {finished_problems}/{total} problems done, {rate:.2f} samples/s"
+                bar.console.print(f"{done_line}, ETA {eta_min:.1f} min", highlight=False)
 
 
 def _stderr_console():

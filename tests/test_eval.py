@@ -82,8 +82,11 @@ def test_killed_eval_resumes_to_the_uninterrupted_result(tmp_path):
 @pytest.mark.slow
 def test_resume_with_other_settings_is_refused(tmp_path):
     out = tmp_path / "run"
-    r = run_cli(*EVAL, "--limit", "2", "--n", "2", "--k", "1,2", "--out", str(out))
+    r = run_cli(*EVAL, "--limit", "2", "--n", "2", "--k", "1,2", "--batch-size", "1", "--out", str(out))
     assert r.returncode == 0, r.stderr[-2000:]
+    # stderr is a pipe here, as in a script's log: one plain progress line per finished chunk
+    assert "sampling: 1/2 problems done" in r.stderr and "sampling: 2/2 problems done" in r.stderr
+    assert "ETA 0.0 min" in r.stderr
     r = run_cli(*EVAL, "--limit", "2", "--n", "2", "--k", "1,2", "--seed", "5", "--out", str(out), "--resume")
     assert r.returncode == 2 and "different seed" in r.stderr
 

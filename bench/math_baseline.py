@@ -7,8 +7,8 @@ resumed when interrupted, so a stopped run loses nothing:
   card                      --limit problems (seeded) x 8 samples, k = 1,2,4,8, 512 new tokens,
                             temperature 0.8, in the faster mode
 Prints one JSON object: pass@k and maj@k with CIs overall and per level, the boxed-answer rate,
-wall time and samples/s of each stage (its own time, summed over the invocations that finished
-or resumed it; OUT/walls). The train split may be in the model's pretraining data: this is a
+wall time and samples/s of each stage (OUT/walls keeps it for reruns; the time of a killed
+invocation is not counted). The train split may be in the model's pretraining data: this is a
 card for the pipeline, not a contamination-free score.
 
     python bench/math_baseline.py [--quick] [--out runs/math_baseline] [--limit 48]

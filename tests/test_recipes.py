@@ -34,6 +34,19 @@ def test_scripts_parse(path):
     assert subprocess.run(["bash", "-n", str(path)]).returncode == 0
 
 
+def test_scripts_find_the_checkouts_catcli_when_path_has_none(tmp_path):
+    venv_bin = tmp_path / ".venv" / "bin"
+    venv_bin.mkdir(parents=True)
+    (venv_bin / "catcli").write_text("#!/bin/sh\n")
+    (venv_bin / "catcli").chmod(0o755)
+    script = f"source {ROOT / 'recipes/lib.sh'}; command -v catcli"
+    bare = {"PATH": "/usr/bin:/bin"}
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=bare, capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == str(venv_bin / "catcli")
+    r = subprocess.run(["bash", "-c", script], cwd=tmp_path.parent, env=bare, capture_output=True, text=True)
+    assert r.returncode != 0  # outside a checkout with .venv nothing is added
+
+
 def test_sft_dry_run_prints_the_resolved_config(capsys):
     import json
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from catcli.rundir import read_jsonl
+from catcli.rundir import read_jsonl, write_atomic
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "cat_vs_ce.toml"
 BUDGET_S = 40 * 60
@@ -39,14 +39,21 @@ def catcli(*args: str, capture: bool = False) -> str:
     return r.stdout
 
 
-def stage(out: Path, done: str, *args: str) -> None:
-    """Run `catcli ARGS --out OUT` unless OUT/DONE exists; resume a started OUT."""
+def stage(out: Path, done: str, *args: str, wall: Path | None = None) -> None:
+    """Run `catcli ARGS --out OUT` unless OUT/DONE exists; resume a started OUT.
+
+    WALL, when given, accumulates the seconds each invocation that ran the stage spent on it, so
+    a bench rerun that skips finished stages still reports what they cost."""
     if (out / done).exists():
         print(f"== {out}: done, skipped", file=sys.stderr)
         return
     resume = ["--resume"] if out.is_dir() and any(out.iterdir()) else []
     print(f"== {out}: catcli {' '.join(args)}", file=sys.stderr)
+    start = time.monotonic()
     catcli(*args, "--out", str(out), *resume)
+    if wall is not None:
+        previous = float(wall.read_text()) if wall.exists() else 0.0
+        write_atomic(wall, str(previous + time.monotonic() - start))
 
 
 def arm_dir(strategy: str) -> str:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from pathlib import Path
 
 import device
@@ -70,11 +69,7 @@ class Bench:
             return out
         quick = QUICK[command] if self.quick else []
         data = ["--data", str(self.frozen(recipe, command))]
-        start = time.monotonic()
-        stage(out, done, command, "--recipe", str(recipe), *data, *quick, *args)
-        wall = self.wall_file(out)
-        previous = float(wall.read_text()) if wall.exists() else 0.0
-        write_atomic(wall, str(previous + time.monotonic() - start))
+        stage(out, done, command, "--recipe", str(recipe), *data, *quick, *args, wall=self.wall_file(out))
         return out
 
     def wall_file(self, out: Path) -> Path:

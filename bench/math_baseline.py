@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import device
 from cat_vs_ce import stage
 
-from catcli.rundir import read_jsonl, write_atomic
+from catcli.rundir import read_jsonl
 
 MATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "math" / "train.jsonl"
 SPEED = ["--limit", "4", "--n", "2", "--k", "1,2", "--max-new-tokens", "128", "--batch-size", "4"]
@@ -35,11 +34,7 @@ def timed_stage(out: Path, *args: str) -> float:
     """Seconds the stage took, summed over the invocations that ran it (OUT/../walls/<stage>),
     so a rerun that skips finished stages still knows which mode was faster."""
     wall = out.parent / "walls" / out.name
-    if not (out / "eval.json").exists():
-        start = time.monotonic()
-        stage(out, "eval.json", *args)
-        previous = float(wall.read_text()) if wall.exists() else 0.0
-        write_atomic(wall, str(previous + time.monotonic() - start))
+    stage(out, "eval.json", *args, wall=wall)
     return float(wall.read_text())
 
 

@@ -3,8 +3,8 @@
 # and the plots copied to docs/. On 2 CPU cores: about 90 minutes for the first six, 2½ hours
 # for claim (issue 15's evidence), an hour or more for math_baseline (needs `make qwen`);
 # grading and math_baseline read ../shared/data/math and are skipped with a line without it.
-# Each resumes where a stopped run left off. With --quick they only smoke-test (what CI does through tests/test_bench.py) and
-# save nothing, so quick figures never replace measured ones.
+# Each resumes where a stopped run left off. With --quick they only smoke-test (what CI does
+# through tests/test_bench.py) and save nothing, so quick figures never replace measured ones.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=false

@@ -42,12 +42,20 @@ SFT_RECIPE, RL_RECIPE = RECIPES / "claim_sft.toml", RECIPES / "claim_rl.toml"
 SFT_STEPS = 200
 SFT_ARMS = {a: ["--strategy", a] for a in ("ce", "pass@16", "maj@16:k=4")}
 RL_STEPS = 40
+# M = 8 rollouts each. grpo_penalty is the authors' majority baseline (vanilla GRPO with maj@N's
+# all-wrong -0.5), so CAT maj@8 against it isolates the weight; the peers run at k = 4 < M,
+# where their advantages have signal (at k = M PKPO zeroed 98 % of them).
 RL_ARMS = {
     "grpo": ["--strategy", "grpo"],
-    "cat_pass@8_log": ["--strategy", "pass@8", "--form", "log"],
+    "grpo_penalty": ["--strategy", "grpo", "--all-wrong-penalty", "0.5"],
+    "cat_pass@8_log_seq": ["--strategy", "pass@8", "--form", "log", "--p-estimate", "sequence"],
+    "cat_pass@8_log_success": ["--strategy", "pass@8", "--form", "log", "--p-estimate", "success"],
     "cat_maj@8": ["--strategy", "maj@8"],
-    "pkpo_pass@8": ["--method", "pkpo", "--strategy", "pass@8"],
+    "pkpo_pass@4": ["--method", "pkpo", "--strategy", "pass@4"],
+    "passk_pass@4": ["--method", "passk", "--strategy", "pass@4"],
 }
+# each arm's own baseline: the one it differs from in exactly one thing
+RL_BASELINE = {"cat_maj@8": "grpo_penalty"}
 BUDGET_S = 2 * 3600
 # --quick: every stage on a handful of problems, one step each, to prove the pipeline in CI
 QUICK = {

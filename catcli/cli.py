@@ -667,6 +667,21 @@ def rl(
             "[default: cat]",
         ),
     ] = None,
+    p_estimate: Annotated[
+        Optional[str],
+        typer.Option(
+            "--p-estimate",
+            help="sequence (each rollout's probability) | success (its prompt's Laplace success rate). "
+            "[default: sequence for pass@N, success for maj@N]",
+        ),
+    ] = None,
+    all_wrong_penalty: Annotated[
+        Optional[float],
+        typer.Option(
+            "--all-wrong-penalty",
+            help="Subtracted from every advantage of an all-wrong group, before the weight. [default: 0.5 for maj@N, else 0]",
+        ),
+    ] = None,
     num_generations: Annotated[
         Optional[int], typer.Option("--num-generations", help="M, rollouts per prompt. [default: 8]")
     ] = None,
@@ -721,6 +736,8 @@ def rl(
         strategy=strategy,
         form=form,
         method=method,
+        p_estimate=p_estimate,
+        all_wrong_penalty=all_wrong_penalty,
         num_generations=num_generations,
         prompts_per_step=prompts_per_step,
         max_steps=max_steps,

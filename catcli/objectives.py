@@ -24,6 +24,7 @@ from torch import Tensor
 
 Kind = Literal["ce", "pass", "maj", "bon"]
 Form = Literal["raw", "log"]
+PEstimate = Literal["sequence", "success"]
 
 # log p is clamped into [LOG_P_MIN, LOG_P_MAX] so that p = 0 and p = 1 exactly take the
 # continuous extension of every formula instead of 0 * inf; the gradient is exact inside.
@@ -357,6 +358,7 @@ def rl_weights(
     correct: Tensor,
     *,
     form: Form = "raw",
+    p_estimate: PEstimate = "sequence",
     seq_log_p: Tensor | None = None,
     wrong_mode_counts: Tensor | None = None,
     rewards: Tensor | None = None,
@@ -364,15 +366,20 @@ def rl_weights(
     """CAT RL weights for a batch of P prompts x M rollouts (cat-spec §4), detached.
 
     correct: (P, M) 0/1 graded correctness.  seq_log_p: (P, M) summed rollout log-probs
-    (pass@N).  wrong_mode_counts: (P,) c_max per prompt (maj@N with dynamic k).
-    rewards: (P, M) rewards ranked for bon@N.
-    Raw weights are clipped first (pass 50, maj 10), then maj and bon are normalised to
-    batch mean 1; pass is not.
+    (pass@N with the sequence estimate).  wrong_mode_counts: (P,) c_max per prompt (maj@N with
+    dynamic k).  rewards: (P, M) rewards ranked for bon@N.
+    pass@N takes p from each rollout's sequence probability (`sequence`, the paper's) or from its
+    prompt's Laplace success rate (`success`, cat-spec §2.1: one weight per prompt); maj@N always
+    from the success rate. Raw weights are clipped first (pass 50, maj 10), then maj and bon are
+    normalised to batch mean 1; pass is not.
     """
     p_count, m = correct.shape
     if strategy.kind == "ce" or strategy.n == 1:
         return RLWeights(torch.ones(p_count, m, dtype=torch.float64), None)
     if strategy.kind == "pass":
+        if p_estimate == "success":
+            w = w_rl(strategy, laplace_log_p(correct), form).clamp(max=RL_CLIP["pass"])
+            return RLWeights(w.unsqueeze(-1).expand(p_count, m), None)
         if seq_log_p is None:
             raise ValueError("pass@N RL weights need the rollouts' summed log-probs")
         w = w_rl(strategy, rollout_log_p(seq_log_p), form).clamp(max=RL_CLIP["pass"])
@@ -394,15 +401,16 @@ def rl_weights(
     return RLWeights(normalise_batch_mean(w, p_count), ks)
 
 
-def cat_advantages(strategy: Strategy, advantages: Tensor, weights: Tensor, correct: Tensor) -> Tensor:
-    """A'_i = (A_i - 0.5 * 1[all wrong]) * w_i for maj@N, A_i * w_i otherwise (cat-spec §4).
+def cat_advantages(advantages: Tensor, weights: Tensor, correct: Tensor, penalty: float = 0.0) -> Tensor:
+    """A'_i = (A_i - penalty * 1[all wrong]) * w_i (cat-spec §4); maj@N's penalty is 0.5.
 
     Applied after group standardisation so a per-prompt w is not cancelled. The all-wrong
     penalty comes before the weight, as in the authors' reference (its group-advantage function
-    subtracts it, the weight multiplies afterwards). Shapes (P, M); returns float64.
+    subtracts it, the weight multiplies afterwards; its majority baseline gives vanilla GRPO the
+    same penalty with w = 1). Shapes (P, M); returns float64.
     """
     out = advantages.to(torch.float64)
-    if strategy.kind == "maj" and strategy.n > 1:
+    if penalty:
         all_wrong = (correct.sum(-1, keepdim=True) == 0).to(torch.float64)
-        out = out - ALL_WRONG_PENALTY * all_wrong
+        out = out - penalty * all_wrong
     return out * weights.to(torch.float64)

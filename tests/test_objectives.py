@@ -298,7 +298,7 @@ def test_maj_rl_weights_differ_between_prompts_and_survive_standardisation():
     want = raw / raw.mean()
     torch.testing.assert_close(out.weights[:, 0], want)
     adv = obj.group_advantages(correct.double())
-    cat = obj.cat_advantages(s, adv, out.weights, correct)
+    cat = obj.cat_advantages(adv, out.weights, correct, obj.ALL_WRONG_PENALTY)
     ratio = cat / adv.where(adv != 0, torch.ones_like(adv))
     assert not torch.allclose(ratio[0], ratio[1])  # per-prompt scale is not cancelled
 
@@ -311,7 +311,7 @@ def test_maj_rl_clip_then_normalise_and_all_wrong_penalty():
     clipped = raw.clamp(max=10.0)
     torch.testing.assert_close(out.weights[:, 0], clipped / clipped.mean())
     adv = obj.group_advantages(correct.double())
-    cat = obj.cat_advantages(s, adv, out.weights, correct)
+    cat = obj.cat_advantages(adv, out.weights, correct, obj.ALL_WRONG_PENALTY)
     # the penalty comes before the weight: (0 - 0.5) * w, and w != 1 here
     assert out.weights[0, 0].item() != pytest.approx(1.0)
     torch.testing.assert_close(cat[0], -0.5 * out.weights[0])
@@ -321,12 +321,12 @@ def test_maj_rl_clip_then_normalise_and_all_wrong_penalty():
 def test_all_wrong_penalty_is_weighted_like_the_authors_reference():
     # their test: rewards [[0,0],[1,1]] with penalty 0.5 give group advantages [[-0.5,-0.5],[0,0]];
     # the CAT weight multiplies those, so an all-wrong group with weight 2 ends at -1
-    s = parse_strategy("maj@4:k=2")
     correct = torch.tensor([[0, 0], [1, 1]])
     adv = obj.group_advantages(correct.double())
-    unit = obj.cat_advantages(s, adv, torch.ones(2, 2), correct)
+    assert torch.equal(obj.cat_advantages(adv, torch.ones(2, 2), correct), adv)  # no penalty: GRPO's own
+    unit = obj.cat_advantages(adv, torch.ones(2, 2), correct, 0.5)
     torch.testing.assert_close(unit, torch.tensor([[-0.5, -0.5], [0.0, 0.0]], dtype=torch.float64))
-    weighted = obj.cat_advantages(s, adv, torch.tensor([[2.0, 2.0], [0.5, 0.5]]), correct)
+    weighted = obj.cat_advantages(adv, torch.tensor([[2.0, 2.0], [0.5, 0.5]]), correct, 0.5)
     torch.testing.assert_close(weighted, torch.tensor([[-1.0, -1.0], [0.0, 0.0]], dtype=torch.float64))
 
 
@@ -337,6 +337,23 @@ def test_pass_rl_weights_from_rollout_log_probs_unnormalised_and_clipped():
     want = obj.w_rl(s, obj.rollout_log_p(seq)).clamp(max=50.0)
     torch.testing.assert_close(out.weights, want)
     assert out.weights[0, 0].item() == 50.0  # p at the floor: 64 (1-1e-10)^63 clipped to 50
+
+
+def test_pass_rl_weights_from_the_success_rate_are_one_per_prompt():
+    # p = (c + 1) / (M + 2) per prompt, whatever each rollout's own probability (cat-spec §2.1)
+    from fractions import Fraction
+
+    s = parse_strategy("pass@8")
+    correct = torch.tensor([[0, 0, 0, 0], [1, 0, 0, 0], [1, 1, 1, 1]])
+    out = obj.rl_weights(s, correct, form="log", p_estimate="success")
+    for row, c in zip(out.weights, (0, 1, 4)):
+        p = Fraction(c + 1, 6)
+        s_p = 1 - (1 - p) ** 8
+        want = float(8 * p * (1 - p) ** 7 / s_p)  # w_SFT exactly, far below the clip
+        assert torch.allclose(row, torch.full((4,), want, dtype=torch.float64), rtol=1e-12)
+    assert out.weights[0, 0] > out.weights[1, 0] > out.weights[2, 0]  # harder prompts weigh more
+    raw = obj.rl_weights(s, correct, p_estimate="success").weights
+    assert raw[0, 0].item() == pytest.approx(8 * (5 / 6) ** 7)  # raw form N (1-p)^(N-1), unnormalised
 
 
 def test_bon_rl_weights_rank_within_group():

@@ -27,6 +27,8 @@ def _trainer(
     max_tokens: int = 6,
     method="cat",
     extra: list[float] | None = None,
+    p_estimate: str = "sequence",
+    penalty: float | None = None,
     **config,
 ):
     from catcli.trainers.rl import _cat_grpo_trainer_class
@@ -70,6 +72,8 @@ def _trainer(
         strategy=parse_strategy(strategy),
         form=form,
         method=method,
+        p_estimate=p_estimate,
+        penalty=objectives.ALL_WRONG_PENALTY if penalty is None and strategy.startswith("maj") else (penalty or 0.0),
     )
     model.train()
     inputs = [row for row in rows for _ in range(M)]
@@ -121,6 +125,28 @@ def test_maj_all_wrong_penalty_comes_before_the_weight(tmp_path):
     assert w[0].item() != pytest.approx(1.0)  # batch-mean normalised: the all-wrong group's weight is not 1
     torch.testing.assert_close(out["advantages"][:M].double(), -0.5 * w[:M], rtol=1e-5, atol=1e-6)
     assert (out["advantages"][M:] != 0).all()
+
+
+def test_grpo_with_the_all_wrong_penalty_lowers_only_all_wrong_groups(tmp_path):
+    # the authors' majority baseline: vanilla GRPO with maj@N's -0.5, and no weight
+    pattern = [0, 0, 0, 0, 1, 0, 1, 0]
+    trainer, _, inputs = _trainer(tmp_path, "grpo", pattern, penalty=0.5)
+    out = trainer._generate_and_score_completions(inputs)
+    want = _vanilla(pattern)
+    want[:M] -= 0.5
+    torch.testing.assert_close(out["advantages"].double(), want, rtol=1e-5, atol=1e-6)
+
+
+def test_pass_weights_from_the_success_rate_are_one_per_prompt(tmp_path):
+    pattern = [1, 0, 0, 0, 1, 1, 1, 0]  # success rates 1/4 and 3/4: p = 2/6 and 4/6
+    trainer, _, inputs = _trainer(tmp_path, "pass@4", pattern, form="log", p_estimate="success")
+    out = trainer._generate_and_score_completions(inputs)
+    s = parse_strategy("pass@4")
+    w = objectives.w_rl(s, torch.log(torch.tensor([2 / 6, 4 / 6], dtype=torch.float64)), "log")
+    torch.testing.assert_close(trainer.cat_window[-1]["w"], w.repeat_interleave(M))
+    torch.testing.assert_close(
+        out["advantages"].double(), _vanilla(pattern) * w.repeat_interleave(M), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_c_max_counts_wrong_answers_by_evals_vote_classes():

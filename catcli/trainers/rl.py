@@ -52,6 +52,10 @@ class RLRunConfig:
     strategy: str = "grpo"
     form: Literal["raw", "log"] = "raw"
     method: Literal["cat", "pkpo", "passk", "passk-best"] = "cat"  # peers replace the advantage (peers.py)
+    # None: the paper's, sequence for pass@N and success for maj@N (cat-spec §2, §2.1)
+    p_estimate: Literal["sequence", "success"] | None = None
+    # subtracted from every advantage of an all-wrong group before the weight; None: 0.5 for maj@N, else 0
+    all_wrong_penalty: float | None = None
     reward: tuple[str, ...] = ()  # extra rewards (rewards.load_reward) added to correctness
     reward_weights: str | None = None  # "1,0.5", one per reward, as typed; None: all 1
     num_generations: int = 8  # M, rollouts per prompt; separate from the strategy's test-time N
@@ -88,6 +92,16 @@ class RLRunConfig:
     LORA_DEFAULT = LoraSettings(16, 32, ("q_proj", "v_proj"))
 
     @property
+    def resolved_p_estimate(self) -> str:
+        return self.p_estimate or ("success" if self.strategy.strip().lower().startswith("maj") else "sequence")
+
+    @property
+    def resolved_penalty(self) -> float:
+        if self.all_wrong_penalty is not None:
+            return self.all_wrong_penalty
+        return objectives.ALL_WRONG_PENALTY if self.strategy.strip().lower().startswith("maj") else 0.0
+
+    @property
     def lora(self) -> LoraSettings:
         """The LoRA a fresh run attaches: the given fields over LORA_DEFAULT."""
         d = self.LORA_DEFAULT
@@ -100,6 +114,18 @@ class RLRunConfig:
             raise UsageError(str(e)) from None
         if strategy.kind == "bon" and self.form == "log":
             raise UsageError("bon@N has only the raw rank weight N q^(N-1): use --form raw")
+        if self.p_estimate is not None:
+            if self.method != "cat" or strategy.kind not in ("pass", "maj"):
+                raise UsageError(
+                    f"--p-estimate applies to CAT pass@N and maj@N, not to {strategy} with --method {self.method}"
+                )
+            if strategy.kind == "maj" and self.p_estimate == "sequence":
+                raise UsageError("maj@N RL estimates p from the prompt's graded rollouts: use --p-estimate success")
+        if self.all_wrong_penalty is not None:
+            if self.method != "cat":
+                raise UsageError(f"--all-wrong-penalty applies to GRPO and CAT, not to --method {self.method}")
+            if not self.all_wrong_penalty >= 0:
+                raise UsageError(f"--all-wrong-penalty must be >= 0, got {self.all_wrong_penalty}")
         reward_weights(self.reward, self.reward_weights)  # bad weights fail before anything runs
         try:
             peers.check_method(self.method, strategy, self.num_generations)
@@ -147,11 +173,22 @@ def _cat_grpo_trainer_class():
         _tag_names = ["trl", "grpo", "catcli", "compute-aligned-training"]
         _paper = _PAPER
 
-        def __init__(self, *args, strategy: objectives.Strategy, form: str = "raw", method: str = "cat", **kwargs):
+        def __init__(
+            self,
+            *args,
+            strategy: objectives.Strategy,
+            form: str = "raw",
+            method: str = "cat",
+            p_estimate: str = "sequence",
+            penalty: float = 0.0,
+            **kwargs,
+        ):
             super().__init__(*args, **kwargs)
             self.strategy = strategy
             self.form = form
             self.method = method
+            self.p_estimate = p_estimate
+            self.penalty = penalty
             self.cat_window: list[dict] = []  # per generation batch: advantages, weights, dynamic k; for train_log
 
         def _calculate_rewards(self, inputs, prompts, completions, completion_ids_list):
@@ -171,7 +208,7 @@ def _cat_grpo_trainer_class():
             output = super()._generate_and_score_completions(inputs)
             if not self.model.training:
                 return output
-            vanilla = self.method == "cat" and (self.strategy.kind == "ce" or self.strategy.n == 1)
+            vanilla = self.method == "cat" and (self.strategy.kind == "ce" or self.strategy.n == 1) and not self.penalty
             extra = {} if vanilla else self._reweight(output)
             self.cat_window.append({**extra, "adv": output["advantages"].detach().reshape(-1).cpu()})
             return output
@@ -192,7 +229,8 @@ def _cat_grpo_trainer_class():
                 peer = peers.method_advantages(self.method, self.strategy, combined, correct)[groups]
                 output["advantages"] = peer.reshape(-1).to(adv.device, adv.dtype)
                 return {}
-            if self.strategy.kind == "pass":  # from each rollout's own log-prob: this process's rows only
+            if self.strategy.kind == "pass" and self.p_estimate == "sequence":
+                # from each rollout's own log-prob: this process's rows only
                 correct = correct[groups]
                 result = objectives.rl_weights(
                     self.strategy, correct, form=self.form, seq_log_p=self._rollout_seq_log_p(output).view(-1, m)
@@ -203,10 +241,12 @@ def _cat_grpo_trainer_class():
                     result = objectives.rl_weights(
                         self.strategy, correct, form=self.form, wrong_mode_counts=torch.tensor(self._cat_c_max)
                     )
-                else:  # bon@N ranks the combined reward within each group
+                elif self.strategy.kind == "bon":  # ranks the combined reward within each group
                     result = objectives.rl_weights(self.strategy, correct, form=self.form, rewards=combined)
+                else:  # grpo (w = 1, the penalty alone) or pass@N from each prompt's success rate
+                    result = objectives.rl_weights(self.strategy, correct, form=self.form, p_estimate=self.p_estimate)
                 w, correct = result.weights[groups], correct[groups]
-            scaled = objectives.cat_advantages(self.strategy, adv.view(-1, m).to("cpu"), w, correct)
+            scaled = objectives.cat_advantages(adv.view(-1, m).to("cpu"), w, correct, self.penalty)
             output["advantages"] = scaled.reshape(-1).to(adv.device, adv.dtype)
             return {"w": w.reshape(-1), "ks": result.ks}
 
@@ -374,6 +414,8 @@ def run_rl(cfg: RLRunConfig, progress: bool = True) -> dict:
         strategy=strategy,
         form=cfg.form,
         method=cfg.method,
+        p_estimate=cfg.resolved_p_estimate,
+        penalty=cfg.resolved_penalty,
         callbacks=[train_log_callback(run.log_path, trainer_ref, partial(_log_row, cfg.method))],
     )
     trainer_ref.append(trainer)

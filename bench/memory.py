@@ -24,6 +24,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import device
 from random_model import random_checkpoint
@@ -47,38 +48,25 @@ def _status_kb(field: str) -> int:
 
 def child(arm: str, model_spec: str, target: str, steps: int, batch_size: int) -> dict:
     """One configuration: load, train `steps` steps, report its memory in MiB."""
-    from catcli.models import LoraSettings, import_unsloth, load_model, seed_everything
+    from catcli.backend import import_unsloth
+    from catcli.config import SFTRunConfig
+    from catcli.models import load_model, seed_everything
+    from catcli.objectives import parse_strategy
+    from catcli.trainers.sft import build_trainer
 
     import_unsloth()
     import torch
-    from trl import SFTConfig
-
-    from catcli.objectives import parse_strategy
-    from catcli.trainers.sft import SFTRunConfig, _cat_sft_trainer_class, build_dataset
 
     cuda = torch.cuda.is_available()
     seed_everything(0)
-    dataset, _ = build_dataset(SFTRunConfig(data="arith", levels="1-3", target=target, limit=64))
+    cfg = SFTRunConfig(
+        data="arith", levels="1-3", target=target, limit=64, strategy=parse_strategy("pass@16"),
+        batch_size=batch_size, grad_accum=1, max_steps=steps, out=Path(tempfile.mkdtemp()),
+    )  # fmt: skip
     before_load = _status_kb("VmRSS")
     load_in_4bit, dtype = ARMS[arm]
-    model, tok = load_model(model_spec, load_in_4bit=load_in_4bit, dtype=getattr(torch, dtype), lora=LoraSettings())
-    trainer = _cat_sft_trainer_class()(
-        model=model,
-        args=SFTConfig(
-            output_dir=tempfile.mkdtemp(),
-            per_device_train_batch_size=batch_size,
-            max_steps=steps,
-            report_to=[],
-            disable_tqdm=True,
-            save_strategy="no",
-            completion_only_loss=True,
-            dataset_num_proc=None,
-        ),
-        train_dataset=dataset,
-        processing_class=tok,
-        strategy=parse_strategy("pass@16"),
-        reduction="token",
-    )
+    model, tok = load_model(model_spec, load_in_4bit=load_in_4bit, dtype=getattr(torch, dtype), lora=cfg.lora)
+    trainer = build_trainer(cfg, model=model, tokenizer=tok)
     load_peak = _status_kb("VmHWM")
     ctypes.CDLL("libc.so.6").malloc_trim(0)
     after_load = _status_kb("VmRSS")

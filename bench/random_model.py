@@ -36,7 +36,7 @@ def random_checkpoint(shape: str, home: Path | None = None) -> Path:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-    from catcli.models import catcli_home
+    from catcli.builtin_models import catcli_home
 
     out = (home or catcli_home()) / "bench" / f"random-{shape}"
     if (out / "config.json").exists():

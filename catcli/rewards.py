@@ -37,7 +37,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from catcli.data import Problem
-from catcli.errors import RewardError, RewardFailure, UsageError
+from catcli.errors import RewardError, RewardFailure
 from catcli.grading import answers_equal, extract_boxed, grade_completion, vote_key
 from catcli.prompts import user_message
 
@@ -182,7 +182,7 @@ def _reward_model(spec: str, where: str, batch_size: int = 16) -> RewardFn:
     path = Path(where).expanduser()
     if not path.is_dir():
         raise RewardError(f"reward {spec!r}: no such directory {path} (rm:PATH takes a saved reward model)")
-    from catcli.models import import_unsloth
+    from catcli.backend import import_unsloth
 
     import_unsloth()  # before transformers, which Unsloth patches on import for the policy model
     import torch
@@ -284,28 +284,6 @@ def _item(ids: Sequence | None, i: int) -> str:
     if not ids:
         return f"completion {i} of the batch"
     return f"completion {list(ids[:i]).count(ids[i])} of problem {ids[i]}"
-
-
-def parse_reward_weights(text: str, n_rewards: int) -> list[float]:
-    """`1,0.5` -> [1.0, 0.5]: one finite weight per reward, in the order the rewards were given."""
-    try:
-        weights = [float(part) for part in text.split(",")]
-    except ValueError:
-        raise RewardError(f"invalid --reward-weights {text!r}: use one number per --reward, like 1,0.5") from None
-    if len(weights) != n_rewards:
-        raise RewardError(f"--reward-weights {text!r} has {len(weights)} weights for {n_rewards} --reward")
-    if not all(math.isfinite(w) for w in weights):
-        raise RewardError(f"invalid --reward-weights {text!r}: weights must be finite numbers")
-    return weights
-
-
-def reward_weights(specs: Sequence[str], text: str | None) -> list[float]:
-    """The weight of each `--reward` from `--reward-weights` as typed (None: all 1); shared by eval and rl."""
-    if text is None:
-        return [1.0] * len(specs)
-    if not specs:
-        raise UsageError("--reward-weights weighs the --reward functions: give at least one --reward")
-    return parse_reward_weights(text, len(specs))
 
 
 def combine(columns: Sequence[Sequence[float | None]], weights: Sequence[float]) -> list[float]:

@@ -7,20 +7,25 @@ reweighted when that ratio is more than 10 % away from CE's 1: |w_i / mean(w) - 
 The weights are the paper's Table 1 at the given p, unclipped (objectives.w_sft, w_rl). maj@N
 without `:k=` uses the strict majority for both; `catcli rl` instead picks k per prompt and
 estimates p from its rollouts, so w_RL here is what Table 1 says at these p, not a replay of a run.
-Pure: a list of p and a Strategy in, numbers out; no I/O.
+`catcli weights` is this module: the weights at given p (`weight_points`), or over the p values a
+run recorded (`run_ps` reads them, `summarise` is pure).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from catcli.errors import DataError, UsageError
 from catcli.objectives import Form, Strategy, w_rl, w_sft
+from catcli.rundir import read_jsonl
 
 THRESHOLD = 0.1  # "reweighted": relative weight more than 10 % away from CE's
+REWEIGHTED = "|w_i / mean(w) - 1| > 0.1 (CE weights every item 1; a common factor is only the learning rate)"
 QUANTILES = (0.0, 0.1, 0.5, 0.9, 1.0)
 
 
@@ -88,3 +93,60 @@ def summarise(ps: Sequence[float], strategy: Strategy, form: Form = "raw") -> Re
         share_sft=reweighted_share(ws),
         share_rl=None if wr is None else reweighted_share(wr),
     )
+
+
+def weight_points(strategy: Strategy, ps: Sequence[float], form: Form = "raw") -> dict:
+    """{"strategy", "n", "k", "points": [{"p", "sft_weight", "rl_weight"}]}: Table 1 at each p."""
+    log_p = torch.log(torch.tensor(ps, dtype=torch.float64))
+    w_s = w_sft(strategy, log_p).tolist()
+    w_r = w_rl(strategy, log_p, form).tolist()
+    return {
+        "strategy": str(strategy),
+        "n": strategy.n,
+        "k": strategy.sft_k if strategy.kind == "maj" else None,
+        "points": [{"p": p, "sft_weight": a, "rl_weight": b} for p, a, b in zip(ps, w_s, w_r)],
+    }
+
+
+def run_ps(source: Path) -> tuple[list[float], str]:
+    """The p values a run recorded and what each belongs to: per problem c/n (an eval run's
+    samples.jsonl), per step p_mean (an sft run's train_log.jsonl)."""
+    from catcli.samples import load_samples
+
+    if not source.exists():
+        raise DataError(f"--from {source} does not exist")
+    path = source
+    if source.is_dir():
+        found = [source / name for name in ("samples.jsonl", "train_log.jsonl") if (source / name).exists()]
+        if not found:
+            raise DataError(
+                f"--from {source} holds neither samples.jsonl (an eval run) nor train_log.jsonl (an sft run)"
+            )
+        if len(found) > 1:
+            raise UsageError(f"--from {source} holds both samples.jsonl and train_log.jsonl: name the file")
+        path = found[0]
+    if path.name != "train_log.jsonl":
+        return [sum(r["correct"]) / len(r["correct"]) for r in load_samples(path)], "problem"
+    ps = []
+    for i, row in enumerate(read_jsonl(path)):
+        if not isinstance(row, dict) or "p_mean" not in row:
+            continue  # the trainer's closing summary line, or another log's columns
+        p = row["p_mean"]
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0.0 <= p <= 1.0:
+            raise DataError(f"{path} line {i + 1}: p_mean must be a number in [0, 1], got {p!r}")
+        ps.append(float(p))
+    if not ps:
+        raise DataError(f"{path} has no p_mean: only sft train logs record p (an rl log records rewards)")
+    return ps, "step"
+
+
+def summarise_run(source: Path, strategy: Strategy, form: Form = "raw") -> tuple[Reweighting, str, str]:
+    """`summarise` over a run's p values (`run_ps`); also what one p stands for and a note saying so."""
+    ps, unit = run_ps(source)
+    note = (
+        "p is each training step's batch-mean target probability (train_log p_mean), not a per-problem p, "
+        "so each w is the weight at that mean, not the step's mean weight (train_log weight_mean)"
+        if unit == "step"
+        else "p is each problem's success rate c/n over its graded samples"
+    )
+    return summarise(ps, strategy, form), unit, note

@@ -130,6 +130,41 @@ def resume_checkpoint(out: Path) -> Path | None:
     return last
 
 
+def check_resume(out: Path, config: dict, default: dict, keys: tuple[str, ...]) -> None:
+    """Refuse to resume OUT with other settings `keys` than OUT/run.json recorded.
+
+    `default` holds each key's default: a key an older catcli did not write had it.
+    """
+    run = out / "run.json"
+    if not run.exists():
+        return
+    old = json.loads(run.read_text())["config"]
+    changed = [k for k in keys if old.get(k, default[k]) != config.get(k)]
+    if changed:
+        raise UsageError(
+            f"--resume of {out} with different {', '.join(changed)} than the run started with; "
+            "use the same settings or a new --out"
+        )
+
+
+def merge_parts(out: Path) -> None:
+    """Append the rows of per-process part files (samples.partN.jsonl) that samples.jsonl lacks,
+    then remove the parts: what a multi-process eval leaves, merged by rank 0."""
+    samples_path = out / "samples.jsonl"
+    drop_torn_tail(samples_path)
+    parts = sorted(out.glob("samples.part*.jsonl"))
+    if not parts:
+        return
+    have = {str(r["id"]) for r in read_jsonl(samples_path)} if samples_path.exists() else set()
+    for part in parts:
+        drop_torn_tail(part)
+        rows = [r for r in read_jsonl(part) if str(r["id"]) not in have]
+        append_jsonl(samples_path, rows)
+        have.update(str(r["id"]) for r in rows)
+    for part in parts:
+        part.unlink()
+
+
 def provenance() -> dict:
     """Library versions, git commit and machine: what is needed to rerun a result."""
     import importlib.metadata as md

@@ -97,7 +97,7 @@ def tiny_llama():
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from catcli.models import embedded_checkpoint
+    from catcli.builtin_models import embedded_checkpoint
 
     tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
     torch.manual_seed(0)

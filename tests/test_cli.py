@@ -290,3 +290,51 @@ def test_training_bad_flags(tmp_path, argv, fragment):
     out = tmp_path / "out"
     _assert_one_line(run_cli(*argv, "--out", str(out)), 2, fragment)
     assert not out.exists()
+
+
+def _help_blocks(capsys, command: str) -> dict[str, str]:
+    """--help of COMMAND as {first flag: the option's help text joined onto one line}."""
+    assert main([command, "--help"]) == 0
+    blocks: dict[str, list[str]] = {}
+    key = None
+    for line in capsys.readouterr().out.splitlines():
+        if line.startswith("  --"):
+            key = line.split()[0]
+            blocks[key] = [line]
+        elif key and line.startswith("   "):
+            blocks[key].append(line)
+        else:
+            key = None
+    return {k: " ".join(part.strip() for part in v) for k, v in blocks.items()}
+
+
+@pytest.mark.parametrize("command", ["sft", "rl", "eval"])
+def test_help_shows_every_option_with_its_dataclass_default(capsys, command):
+    import dataclasses
+    import re
+
+    from catcli.config import EvalConfig, RLRunConfig, SFTRunConfig
+    from catcli.strategy import Strategy
+
+    cls = {"sft": SFTRunConfig, "rl": RLRunConfig, "eval": EvalConfig}[command]
+    blocks = _help_blocks(capsys, command)
+    squash = lambda text: re.sub(r"\s+", "", text)  # noqa: E731 - help text wraps anywhere
+    for f in dataclasses.fields(cls):
+        flag = (f.metadata["flag"] or "--" + f.name.replace("_", "-")).split("/")[0]
+        assert flag in blocks, f"{command} --help lacks {flag}"
+        shown = re.search(r"\[default: (.*)\]$", blocks[flag])
+        if f.metadata["shown"]:
+            assert shown and squash(shown.group(1)) == squash(f.metadata["shown"]), blocks[flag]
+        elif f.default is None or f.default is False or f.default == ():
+            assert shown is None, blocks[flag]
+        else:
+            assert shown, f"{flag} shows no default"
+            text, want = squash(shown.group(1)), f.default
+            if isinstance(want, tuple):
+                got = tuple(type(want[0])(v) for v in text.split(","))
+            elif isinstance(want, Strategy):
+                got, want = text, str(want)
+            else:
+                got = type(want)(text) if not isinstance(want, str) else text
+                want = squash(want) if isinstance(want, str) else want
+            assert got == want, f"{flag}: help says {text}, the field says {f.default}"

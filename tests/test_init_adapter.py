@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from catcli.models import LoraSettings
+from catcli.config import LoraSettings
 from conftest import run_cli, tiny_llama
 
 
@@ -31,17 +31,14 @@ def test_lora_flags_that_differ_from_the_adapter_are_a_usage_error(tmp_path, com
 
 
 def test_lora_values_equal_to_the_adapters_are_accepted(tmp_path):
-    from catcli.models import resolve_model
-    from catcli.trainers import check_adapter_lora
-    from catcli.trainers.rl import RLRunConfig
+    from catcli.config import RLRunConfig
+    from catcli.trainers.lifecycle import check_adapter_lora
 
     adapter = _fake_adapter(tmp_path / "warmup")
     cfg = RLRunConfig(init_adapter=str(adapter), lora_r=16, lora_alpha=32, lora_targets=("v_proj", "q_proj"))
-    check_adapter_lora(cfg, resolve_model(str(adapter)))  # same settings, other order: no error
+    check_adapter_lora(cfg)  # same settings, other order: no error
     with pytest.raises(Exception, match="--lora-targets q_proj"):
-        check_adapter_lora(
-            RLRunConfig(init_adapter=str(adapter), lora_targets=("q_proj",)), resolve_model(str(adapter))
-        )
+        check_adapter_lora(RLRunConfig(init_adapter=str(adapter), lora_targets=("q_proj",)))
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from catcli import models
+from catcli import backend, builtin_models, models
 from catcli.errors import ModelError
 
 
@@ -22,10 +22,10 @@ def test_embedded_model_loads_offline_in_4bit_with_lora():
 
 @pytest.mark.slow
 def test_second_load_skips_conversion():
-    path = models.embedded_checkpoint()
+    path = builtin_models.embedded_checkpoint()
     stamp = (path / "model.safetensors").stat().st_mtime_ns
     start = time.monotonic()
-    assert models.embedded_checkpoint() == path
+    assert builtin_models.embedded_checkpoint() == path
     # a conversion takes about a minute and finding the converted files milliseconds: 10 s tells
     # them apart even on a busy machine, where a 1 s bound could fail on a stall alone
     assert time.monotonic() - start < 10.0
@@ -35,7 +35,7 @@ def test_second_load_skips_conversion():
 @pytest.mark.slow
 def test_interrupted_conversion_leaves_nothing_to_reuse(tmp_path, monkeypatch):
     monkeypatch.setenv("CATCLI_HOME", str(tmp_path))
-    models.import_unsloth()
+    backend.import_unsloth()
     import transformers
 
     def boom(*args, **kwargs):
@@ -43,7 +43,7 @@ def test_interrupted_conversion_leaves_nothing_to_reuse(tmp_path, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", boom)
     with pytest.raises(KeyboardInterrupt):
-        models.embedded_checkpoint()
+        builtin_models.embedded_checkpoint()
     assert not (tmp_path / "models" / "smollm2-135m").exists()
     assert list((tmp_path / "models").iterdir()) == []  # the temporary directory is gone too
 

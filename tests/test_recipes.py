@@ -7,9 +7,7 @@ import subprocess
 import pytest
 
 from catcli import config
-from catcli.evaluation import EvalConfig
-from catcli.trainers.rl import RLRunConfig
-from catcli.trainers.sft import SFTRunConfig
+from catcli.config import EvalConfig, RLRunConfig, SFTRunConfig
 from conftest import ROOT
 
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -17,16 +15,16 @@ RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
 
 @pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
 def test_recipe_resolves_and_validates(path):
+    """A config checks itself when built: resolving is validating."""
     recipe = config.load_recipe(path)
     assert recipe and set(recipe) <= {"sft", "rl", "eval"}
     if "sft" in recipe:
-        cfg = config.resolve(SFTRunConfig, "sft", recipe, {})
-        cfg.validate()
+        config.resolve(SFTRunConfig, "sft", recipe, {})
         assert config.resolve(SFTRunConfig, "sft", recipe, {"max_steps": 3}).max_steps == 3  # flag wins
     if "rl" in recipe:
-        config.resolve(RLRunConfig, "rl", recipe, {}).validate()
+        config.resolve(RLRunConfig, "rl", recipe, {})
     if "eval" in recipe:
-        config.resolve(EvalConfig, "eval", recipe, {}).validate()
+        config.resolve(EvalConfig, "eval", recipe, {})
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "recipes").glob("*.sh")), ids=lambda p: p.name)
@@ -68,6 +66,6 @@ def test_rl_recipes_train_as_the_paper_does(path):
     assert (cfg.lr_scheduler, cfg.warmup_steps, cfg.optim) == ("constant", 0, "adamw_torch")
     if "sft" in recipe and path.name.startswith("rl_"):  # the paper's CE warm-up (claim_rl's is CPU-sized)
         warmup = config.resolve(SFTRunConfig, "sft", recipe, {})
-        assert (warmup.strategy, warmup.epochs, warmup.lr, warmup.limit) == ("ce", 3, 2e-5, 2000)
+        assert (str(warmup.strategy), warmup.epochs, warmup.lr, warmup.limit) == ("ce", 3, 2e-5, 2000)
         assert (warmup.lr_scheduler, warmup.warmup_steps) == ("linear", 0)
         assert (warmup.lora_r, warmup.lora_alpha, warmup.lora_targets) == (cfg.lora_r, cfg.lora_alpha, cfg.lora_targets)

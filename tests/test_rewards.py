@@ -14,9 +14,7 @@ from catcli.rewards import (
     combine,
     correct,
     load_reward,
-    parse_reward_weights,
     problem_rewards,
-    reward_weights,
 )
 
 
@@ -172,26 +170,23 @@ def test_checked_accepts_none_and_any_real_and_keeps_the_name():
 # ---------------------------------------------------------------- weights and combining
 
 
-def test_parse_reward_weights():
-    assert parse_reward_weights("1, 0.5,-2", 3) == [1.0, 0.5, -2.0]
-    for text, n, fragment in [
-        ("1,0.5", 3, "has 2 weights for 3 --reward"),
-        ("1,x", 2, "one number per --reward"),
-        ("1,nan", 2, "finite"),
-        ("", 1, "one number per --reward"),
+def test_reward_weights_are_parsed_once_into_floats_and_counted_against_the_rewards():
+    from catcli.config import EvalConfig, RLRunConfig, resolve
+
+    cfg = resolve(EvalConfig, "eval", {}, {"reward": ["closeness", "correct"], "reward_weights": "1, 0.5"})
+    assert cfg.reward_weights == (1.0, 0.5) and cfg.weights == [1.0, 0.5]
+    assert EvalConfig(reward=("closeness", "correct")).weights == [1.0, 1.0]  # none given: all 1
+    recipe = {"rl": {"reward": ["closeness"], "reward_weights": [2]}}  # a recipe may give a list
+    assert resolve(RLRunConfig, "rl", recipe, {}).weights == [2.0]
+    for flags, fragment in [
+        ({"reward": ["closeness"], "reward_weights": "1,0.5"}, "has 2 weights for 1 --reward"),
+        ({"reward": ["closeness", "correct"], "reward_weights": "1,x"}, "one number per --reward"),
+        ({"reward": ["closeness"], "reward_weights": "nan"}, "finite"),
+        ({"reward_weights": "1"}, "give at least one --reward"),
     ]:
-        with pytest.raises(RewardError, match=fragment) as info:
-            parse_reward_weights(text, n)
+        with pytest.raises(UsageError, match=fragment) as info:
+            resolve(EvalConfig, "eval", {}, flags)
         assert info.value.exit_code == 2
-
-
-def test_reward_weights_default_to_one_and_need_rewards():
-    assert reward_weights(("closeness", "correct"), None) == [1.0, 1.0]
-    assert reward_weights(("closeness", "correct"), "0.5,2") == [0.5, 2.0]
-    with pytest.raises(UsageError, match="give at least one --reward"):
-        reward_weights((), "1")
-    with pytest.raises(RewardError, match="has 1 weights for 2 --reward"):
-        reward_weights(("closeness", "correct"), "1")
 
 
 def test_combine_is_a_weighted_nansum():
@@ -223,7 +218,7 @@ def _save_reward_model(path, num_labels: int = 1):
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForSequenceClassification
 
-    from catcli.models import embedded_checkpoint
+    from catcli.builtin_models import embedded_checkpoint
 
     tok = AutoTokenizer.from_pretrained(embedded_checkpoint())
     tok.pad_token = tok.eos_token

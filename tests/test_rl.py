@@ -27,15 +27,14 @@ def _trainer(
     max_tokens: int = 6,
     method="cat",
     extra: list[float] | None = None,
-    p_estimate: str = "sequence",
+    p_estimate: str | None = None,
     penalty: float | None = None,
-    **config,
 ):
-    from catcli.trainers.rl import _cat_grpo_trainer_class
-
-    trainer_cls = _cat_grpo_trainer_class()
+    """The trainer `catcli rl` builds, on a tiny random Llama, with correctness stubbed as `pattern`."""
     from datasets import Dataset
-    from trl import GRPOConfig
+
+    from catcli.config import RLRunConfig
+    from catcli.trainers.rl import build_trainer
 
     model, tok = tiny_llama()
     tok.pad_token = tok.pad_token or tok.eos_token
@@ -50,31 +49,21 @@ def _trainer(
         {"prompt": [{"role": "user", "content": f"Problem:\nWhat is {i} + {i}?" + " Think." * i}], "answer": str(2 * i)}
         for i in range(len(pattern) // M)
     ]
-    args = GRPOConfig(
-        **{
-            "output_dir": str(tmp_path / "ck"),
-            "per_device_train_batch_size": len(pattern),
-            "num_generations": M,
-            "max_completion_length": max_tokens,
-            "temperature": 0.8,
-            "report_to": [],
-            "disable_tqdm": True,
-            "beta": 0.0,
-            **config,
-        }
-    )
-    trainer = trainer_cls(
-        model=model,
-        reward_funcs=[stub_correctness] + ([stub_closeness] if extra else []),
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tok,
+    cfg = RLRunConfig(
         strategy=parse_strategy(strategy),
         form=form,
         method=method,
         p_estimate=p_estimate,
-        penalty=objectives.ALL_WRONG_PENALTY if penalty is None and strategy.startswith("maj") else (penalty or 0.0),
+        all_wrong_penalty=penalty,
+        num_generations=M,
+        prompts_per_step=len(pattern) // M,
+        max_new_tokens=max_tokens,
+        temperature=0.8,
+        reward=("closeness",) if extra else (),
+        out=tmp_path / "run",
     )
+    reward_funcs = [stub_correctness] + ([stub_closeness] if extra else [])
+    trainer = build_trainer(cfg, model=model, tokenizer=tok, dataset=Dataset.from_list(rows), reward_funcs=reward_funcs)
     model.train()
     inputs = [row for row in rows for _ in range(M)]
     return trainer, model, inputs
@@ -99,7 +88,6 @@ def test_maj_weights_scale_each_prompt_and_are_not_cancelled(tmp_path):
     out = trainer._generate_and_score_completions(inputs)
     texts = trainer.processing_class.batch_decode(out["completion_ids"], skip_special_tokens=True)
     c_max = [wrong_mode_count(inputs[i * M]["answer"], texts[i * M : (i + 1) * M]) for i in range(2)]
-    assert trainer._cat_c_max == c_max
     ks = tuple(objectives.dynamic_k(4, int(c), M) for c in c_max)
     raw = torch.stack(
         [
@@ -204,16 +192,18 @@ def test_rollout_log_probs_ignore_per_token_logps_that_do_not_line_up(tmp_path):
 
 def test_pinned_settings_undo_unsloths_overrides(tmp_path):
     # what Unsloth's GPU GRPOConfig leaves behind for dr_grpo: no group std, its optimiser, a warm-up
-    from catcli.trainers import pin_settings
+    from catcli.trainers.lifecycle import pin_settings, resolved_arguments
 
     pattern = [1, 0, 0, 0, 1, 1, 1, 0]
-    overridden = dict(scale_rewards="none", optim="adamw_torch_fused", warmup_steps=0.1, loss_type="dr_grpo")
-    trainer, _, inputs = _trainer(tmp_path, "grpo", pattern, lr_scheduler_type="linear", **overridden)
-    assert trainer.scale_rewards == "none"
+    trainer, _, inputs = _trainer(tmp_path, "grpo", pattern)
     asked = dict(
         scale_rewards="group", optim="adamw_torch", warmup_steps=0, lr_scheduler_type="constant", loss_type="dr_grpo"
     )
-    resolved = pin_settings(trainer, asked)
+    for key, value in dict(scale_rewards="none", optim="adamw_torch_fused", warmup_steps=0.1).items():
+        setattr(trainer.args, key, value)
+    trainer.scale_rewards = "none"
+    pin_settings(trainer, asked)
+    resolved = resolved_arguments(trainer)
     assert trainer.scale_rewards == "group" and trainer.args.scale_rewards == "group"
     assert resolved["scale_rewards"] == "group" and resolved["trainer.scale_rewards"] == "group"
     assert resolved["optim"] == "adamw_torch" and resolved["warmup_steps"] == 0
@@ -227,7 +217,7 @@ def test_pinned_settings_undo_unsloths_overrides(tmp_path):
 def test_bon_ranks_correctness_plus_the_extra_reward_so_wrong_rollouts_are_spread(tmp_path):
     pattern = [0, 0, 0, 0, 1, 0, 0, 0]  # all wrong, then one right
     closeness = [0.1, 0.9, 0.5, 0.0, 1.0, 0.3, 0.3, 0.8]  # ties share a rank
-    trainer, _, inputs = _trainer(tmp_path, "bon@4", pattern, extra=closeness, reward_weights=[1.0, 1.0])
+    trainer, _, inputs = _trainer(tmp_path, "bon@4", pattern, extra=closeness)
     out = trainer._generate_and_score_completions(inputs)
     combined = torch.tensor(pattern, dtype=torch.float64) + torch.tensor(closeness, dtype=torch.float64)
     q = objectives.bon_quantile(combined.view(-1, M))
@@ -277,8 +267,10 @@ def test_rl_cli_runs_and_writes_outputs(tmp_path, strategy, method):
         method,
         "--out",
         str(out),
+        "--json",
     )
     assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["global_step"] == 2  # stdout is one JSON object
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [1, 2]
     want = {"method", "reward_mean", "frac_reward_zero_std", "weight_mean", "weight_min", "weight_max", "dynamic_k"}

@@ -20,11 +20,11 @@ pytestmark = pytest.mark.slow
 
 
 def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str, str]], hybrid: bool = False):
-    from catcli.trainers.sft import _cat_sft_trainer_class
-
-    trainer_cls = _cat_sft_trainer_class()
+    """The trainer `catcli sft` builds, on a tiny random Llama and these (prompt, target) rows; one batch of all."""
     from datasets import Dataset
-    from trl import SFTConfig
+
+    from catcli.config import SFTRunConfig
+    from catcli.trainers.sft import build_trainer
 
     model, tok = tiny_llama()
     data = Dataset.from_list(
@@ -33,24 +33,16 @@ def _tiny_trainer(tmp_path, strategy: str, reduction: str, rows: list[tuple[str,
             for p, c in rows
         ]
     )
-    args = SFTConfig(
-        output_dir=str(tmp_path / "ck"),
-        per_device_train_batch_size=len(rows),
-        max_steps=1,
-        report_to=[],
-        disable_tqdm=True,
-        completion_only_loss=True,
-        dataset_num_proc=None,
-    )
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=data,
-        processing_class=tok,
+    cfg = SFTRunConfig(
         strategy=parse_strategy(strategy),
         reduction=reduction,
         hybrid=hybrid,
+        batch_size=len(rows),
+        grad_accum=1,
+        max_steps=1,
+        out=tmp_path / "run",
     )
+    trainer = build_trainer(cfg, model=model, tokenizer=tok, dataset=data)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     return trainer, model, batch
 
@@ -211,8 +203,9 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     proc.wait()
     assert not (out / "adapter").exists()
 
-    r = run_cli(*args, "--resume")
+    r = run_cli(*args, "--resume", "--json")
     assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout)["global_step"] == 12  # stdout is one JSON object: no log lines, no banners
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == list(range(1, 13))  # continued from the checkpoint, no step twice
     assert {"loss", "weight_mean", "weight_min", "weight_max", "p_mean"} <= set(log[0])

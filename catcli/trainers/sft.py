@@ -17,97 +17,12 @@ way CE is. It needs the full logits, so it skips the fused LM head.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
-from pathlib import Path
-from typing import Literal
-
-from catcli import config as cfgmod
 from catcli import objectives
+from catcli.backend import import_unsloth
+from catcli.config import SFTRunConfig
 from catcli.data import load_selection
-from catcli.errors import UsageError
-from catcli.models import LoraSettings, import_unsloth, load_model
-from catcli.prompts import DEFAULT_INSTRUCTION, build_target, user_message
-from catcli.rundir import provenance
-from catcli.trainers import common_args, pin_settings, start_run, train_and_save, train_log_callback
-
-_PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
-
-
-@dataclass(frozen=True)
-class SFTRunConfig:
-    model: str = "smollm2-135m"
-    data: str = "math"
-    split: str = "train"
-    levels: str = "1-3"
-    subjects: tuple[str, ...] = ()
-    limit: int | None = None
-    seed: int = 0
-    strategy: str = "ce"
-    target: Literal["answer", "solution"] = "answer"
-    reduction: Literal["sequence", "token"] | None = None  # None: sequence for answer, token for solution
-    hybrid: bool = False  # pairwise-contrastive hybrid loss (cat-spec §5)
-    instruction: str = DEFAULT_INSTRUCTION
-    epochs: float = 1.0
-    max_steps: int | None = None  # overrides epochs when given
-    lr: float = 5e-6
-    weight_decay: float = 0.01
-    max_grad_norm: float = 0.3
-    optim: Literal["adamw_torch", "adamw_torch_fused", "adamw_8bit", "paged_adamw_8bit"] = "adamw_torch"
-    lr_scheduler: Literal["constant", "linear", "cosine"] = "linear"  # the paper's SFT: linear decay, no warm-up
-    warmup_steps: int = 0
-    batch_size: int = 1
-    grad_accum: int = 4
-    max_length: int = 1024
-    save_steps: int = 50
-    # None: the default below for a fresh LoRA, the adapter's own with init_adapter
-    lora_r: int | None = None
-    lora_alpha: int | None = None
-    lora_targets: tuple[str, ...] | None = None
-    load_in_4bit: bool | None = None  # None: 4-bit on a CUDA GPU, 16-bit on a CPU (models.py)
-    init_adapter: str | None = None  # continue from this adapter (a CE warm-up) instead of a fresh LoRA
-    report_to: Literal["none", "tensorboard", "wandb"] = "none"
-    save_merged: bool = False  # also write OUT/merged: the adapter merged into a 16-bit base
-    trust_remote_code: bool = False
-    out: Path = field(default=Path("runs/sft"))
-    resume: bool = False
-    overwrite: bool = False
-
-    @property
-    def resolved_reduction(self) -> str:
-        if self.reduction:
-            return self.reduction
-        # the hybrid loss is a token average by definition (cat-spec §5)
-        return "sequence" if self.target == "answer" and not self.hybrid else "token"
-
-    LORA_DEFAULT = LoraSettings(16, 16, ("q_proj", "k_proj", "v_proj", "o_proj"))
-
-    @property
-    def lora(self) -> LoraSettings:
-        """The LoRA a fresh run attaches: the given fields over LORA_DEFAULT."""
-        d = self.LORA_DEFAULT
-        return LoraSettings(self.lora_r or d.r, self.lora_alpha or d.alpha, self.lora_targets or d.targets)
-
-    def validate(self) -> objectives.Strategy:
-        try:
-            strategy = objectives.parse_strategy(self.strategy)
-        except objectives.StrategyError as e:
-            raise UsageError(str(e)) from None
-        for name in ("batch_size", "grad_accum", "max_length", "save_steps"):
-            if getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise UsageError(f"--max-steps must be at least 1, got {self.max_steps}")
-        if not self.epochs > 0:
-            raise UsageError(f"--epochs must be positive, got {self.epochs}")
-        if not self.lr > 0:
-            raise UsageError(f"--lr must be positive, got {self.lr}")
-        for name in ("lora_r", "lora_alpha"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise UsageError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0:
-            raise UsageError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
-        return strategy
-
+from catcli.prompts import build_target, user_message
+from catcli.trainers import lifecycle
 
 HYBRID_RIVALS = 4
 
@@ -147,7 +62,7 @@ def hybrid_sequence_losses(logits, labels):
     return hybrid, seq_log_p
 
 
-def _cat_sft_trainer_class():
+def _trainer_class():
     """Defined after `import unsloth`, which rewrites TRL's trainer classes on import."""
     import_unsloth()
     import torch
@@ -157,7 +72,7 @@ def _cat_sft_trainer_class():
         """SFTTrainer whose loss is the CAT objective -log S(p); only `compute_loss` differs."""
 
         _tag_names = ["trl", "sft", "catcli", "compute-aligned-training"]
-        _paper = _PAPER
+        _paper = lifecycle.PAPER
 
         def __init__(self, *args, strategy: objectives.Strategy, reduction: str, hybrid: bool = False, **kwargs):
             super().__init__(*args, **kwargs)
@@ -196,7 +111,7 @@ def _cat_sft_trainer_class():
     return CATSFTTrainer
 
 
-def _log_row(logs: dict, window: list) -> dict:
+def _log_row(cfg: SFTRunConfig, logs: dict, window: list) -> dict:
     """loss is in the line already; add the CAT weights and mean sequence p since the last line."""
     import torch
 
@@ -213,7 +128,7 @@ def _log_row(logs: dict, window: list) -> dict:
     }
 
 
-def build_dataset(cfg: SFTRunConfig):
+def _dataset(cfg: SFTRunConfig):
     """Prompt-completion conversations: TRL applies the chat template and masks the prompt."""
     from datasets import Dataset
 
@@ -230,55 +145,40 @@ def build_dataset(cfg: SFTRunConfig):
     return Dataset.from_list(rows), problems
 
 
-def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
-    """Train, checkpointing every save_steps; writes OUT/adapter, train_log.jsonl, run.json."""
-    strategy = cfg.validate()
-    dataset, problems = build_dataset(cfg)
-    run = start_run(cfg)
-    trainer_cls = _cat_sft_trainer_class()
-    from trl import SFTConfig
-
-    model, tokenizer = load_model(
-        run.model_spec,
-        load_in_4bit=cfg.load_in_4bit,
-        max_seq_length=cfg.max_length,
-        lora=cfg.lora,
-        trust_remote_code=cfg.trust_remote_code,
-    )
-    settings = dict(
-        **common_args(cfg, run, progress),
+def _settings(cfg: SFTRunConfig) -> dict:
+    return dict(
         per_device_train_batch_size=cfg.batch_size,
         gradient_accumulation_steps=cfg.grad_accum,
         num_train_epochs=cfg.epochs,
         max_steps=cfg.max_steps if cfg.max_steps is not None else -1,
         max_length=cfg.max_length,
-        dataset_num_proc=None,
         completion_only_loss=True,
+        # one row per sequence, so each gets its own weight: Unsloth's GPU SFTTrainer switches
+        # padding-free batching on unless told (one packed row per micro-batch, one weight for all)
+        packing=False,
+        padding_free=False,
     )
-    args = SFTConfig(**settings)
-    trainer_ref: list = []
-    trainer = trainer_cls(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        processing_class=tokenizer,
-        strategy=strategy,
-        reduction=cfg.resolved_reduction,
-        hybrid=cfg.hybrid,
-        callbacks=[train_log_callback(run.log_path, trainer_ref, _log_row)],
-    )
-    trainer_ref.append(trainer)
-    record = {
-        "config": cfgmod.to_dict(cfg),
-        "trainer_args": pin_settings(trainer, settings),
-        "strategy": str(strategy),
-        "n_problems": len(problems),
-        "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes,
-        "provenance": provenance(),
-    }
-    return train_and_save(trainer, tokenizer, run, record, merged=cfg.save_merged)
 
 
-def with_defaults_for_target(cfg: SFTRunConfig) -> SFTRunConfig:
-    """Fill the reduction the paper pairs with the target, so run.json states it."""
-    return replace(cfg, reduction=cfg.resolved_reduction)
+SPEC = lifecycle.TrainingSpec(
+    trainer_class=_trainer_class,
+    trl_config="SFTConfig",
+    dataset=_dataset,
+    settings=_settings,
+    trainer_kwargs=lambda cfg: dict(strategy=cfg.strategy, reduction=cfg.reduction, hybrid=cfg.hybrid),
+    load_kwargs=lambda cfg: dict(max_seq_length=cfg.max_length),
+    log_row=_log_row,
+    record=lambda cfg, trainer: {
+        "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes
+    },
+)
+
+
+def build_trainer(cfg: SFTRunConfig, **kwargs):
+    """The CATSFTTrainer `catcli sft` trains for `cfg`, ready (lifecycle.build_trainer's keywords)."""
+    return lifecycle.build_trainer(SPEC, cfg, **kwargs)
+
+
+def run_sft(cfg: SFTRunConfig, progress: bool = True) -> dict:
+    """Train, checkpointing every save_steps; writes OUT/adapter, train_log.jsonl, run.json."""
+    return lifecycle.run_training(SPEC, cfg, progress)

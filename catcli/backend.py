@@ -1,33 +1,110 @@
-"""The training and sampling backends: Unsloth (imported first, once) and vLLM.
+"""The training and sampling backends: Unsloth (imported first, once) and vLLM, and their noise.
 
 Unsloth rewrites transformers' and TRL's classes when it is imported, so every module that needs
 a model, a trainer or a tokenizer calls `import_unsloth()` before importing either; on a CUDA GPU
 that import is what turns `trl.SFTTrainer` into Unsloth's generated `UnslothSFTTrainer`.
+
+Third-party libraries announce themselves while importing, loading and building (Unsloth's
+banners, transformers' weight-loading bar, notices about code paths catcli does not take). Those
+known to be harmless are dropped unless CATCLI_DEBUG=1 (`quiet`, `HARMLESS`); everything else they
+print still reaches stderr, and stdout stays --json's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import io
 import logging
 import os
+import re
 import sys
 
+HARMLESS = tuple(
+    re.compile(p)
+    for p in (
+        r"🦥 Unsloth",  # banners
+        r"^Unsloth \d{4}\.\d+\.\d+: no GPU found",
+        r"^Unsloth \(CPU\): ",
+        r"^==\(\(====\)\)==|^   \\\\   /\||^O\^O/ \\_/ \\|^\\        /|^ \"-____-\"",  # Unsloth's GPU banner
+        r"xformers is installed but cannot load|^To install a matching xformers",
+        # on a GPU Unsloth's GRPOConfig turns scale_rewards off under dr_grpo; catcli pins it back on
+        r"The Dr GRPO paper recommends setting `scale_rewards` to False",
+        r"Failed to load CPU gemm_4bit_forward from kernels-community",  # bitsandbytes, 4-bit unused on CPU
+        r"Ignoring clean_up_tokenization_spaces=True for BPE tokenizer",  # transformers, a tokenizer default
+        r"`torch_dtype` is deprecated! Use `dtype` instead!",
+        r"is an Enum subclass and is now natively supported by torch.compile",  # torch, about unsloth's kernels
+    )
+)
 
-def quiet_stdout():
-    """Unsloth prints banners and notes on stdout while importing and building trainers; stdout
-    belongs to --json, so send them to stderr."""
-    return contextlib.redirect_stdout(sys.stderr)
+
+def debugging() -> bool:
+    return os.environ.get("CATCLI_DEBUG") == "1"
+
+
+class _Filtered(io.TextIOBase):
+    """A text stream that passes whole lines to `target` unless a HARMLESS pattern matches them."""
+
+    def __init__(self, target):
+        self.target, self.pending = target, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if not any(p.search(line) for p in HARMLESS):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending and not any(p.search(self.pending) for p in HARMLESS):
+            self.target.write(self.pending)
+        self.pending = ""
+        self.target.flush()
+
+
+class _DropHarmless(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(p.search(message) for p in HARMLESS)
+
+
+@contextlib.contextmanager
+def quiet():
+    """While third-party code runs: its stdout goes to stderr (stdout is --json's), and the lines
+    it prints that HARMLESS knows are dropped, unless CATCLI_DEBUG=1."""
+    if debugging():
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+        return
+    err = _Filtered(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(err), contextlib.redirect_stderr(err):
+            yield
+    finally:
+        err.flush()
+
+
+def _quiet_logging() -> None:
+    """Drop the harmless notices libraries log (before they are imported: some log while importing)."""
+    if debugging():
+        return
+    for name in ("", "transformers", "bitsandbytes", "torch.utils._pytree", "unsloth", "unsloth_zoo"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _DropHarmless) for f in logger.filters):
+            logger.addFilter(_DropHarmless())
 
 
 def import_unsloth():
     """Import Unsloth before transformers/TRL are used: it patches them on import."""
     os.environ.setdefault("UNSLOTH_DISABLE_STATISTICS", "1")  # no network here: skip its ping
-    # torch warns about each Enum that unsloth's kernels register with pytree: noise to a user
-    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
-    with quiet_stdout():
+    _quiet_logging()
+    with quiet():
         import unsloth  # noqa: F401
+    if not debugging():
+        from transformers.utils import logging as hf_logging
 
+        hf_logging.disable_progress_bar()  # "Loading weights" at every model load
     return unsloth
 
 

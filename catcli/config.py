@@ -360,13 +360,21 @@ class EvalConfig(SamplingOptions, RunOptions):
     """`catcli eval`: n samples per problem, graded, pass@k / maj@k (bon@k with --reward)."""
 
     split: str = option("test", "train | test (math also: math500).")
-    k: tuple[int, ...] = option((1, 4, 16), "Comma-separated k values, e.g. 1,4,16.", parse=parse_ks_flag)
+    temperature: float = option(0.8, "Sampling temperature; 0 decodes greedily (then --n 1: a model card's pass@1).")
+    k: tuple[int, ...] | None = option(
+        None, "Comma-separated k values, e.g. 1,4,16.", shown="1,4,16; 1 when greedy", parse=parse_ks_flag
+    )
     n: int | None = option(None, "Samples per problem.", shown="the largest k")
     batch_size: int = option(16, "Problems per generate call (x n sequences).")
     backend: Literal["auto", "hf", "vllm"] = option(
         "auto", "auto | hf | vllm (vllm: Unsloth fast_inference, GPU only; auto picks it when it can run)."
     )
     out: Path = option(Path("runs/eval"), "Output directory.")
+
+    def __post_init__(self) -> None:
+        if self.k is None:
+            object.__setattr__(self, "k", (1,) if self.temperature == 0 else (1, 4, 16))
+        super().__post_init__()
 
     @property
     def n_samples(self) -> int:
@@ -379,8 +387,15 @@ class EvalConfig(SamplingOptions, RunOptions):
         _at_least(self, ("n", "batch_size"), 1)
         if max(self.k) > self.n_samples:
             raise UsageError(f"k = {max(self.k)} is larger than --n {self.n_samples}: every k must be at most n")
-        if not self.temperature > 0:
-            raise UsageError(f"--temperature must be positive to sample, got {self.temperature}")
+        if self.temperature < 0:
+            raise UsageError(
+                f"--temperature must be positive to sample, or 0 to decode greedily, got {self.temperature}"
+            )
+        if self.temperature == 0 and self.n_samples != 1:
+            raise UsageError(
+                "--temperature 0 decodes greedily, so every sample of a problem is the same: "
+                f"use --n 1, not {self.n_samples}"
+            )
 
 
 # ---------------------------------------------------------------- recipes and flags

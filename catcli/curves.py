@@ -49,20 +49,66 @@ def per_problem_scores(records: list[dict], ks: list[int]) -> dict[str, dict[str
     return out
 
 
+TRUNCATION_WARN = 0.05  # above this share of samples cut at the cap, eval says so
+
+
+def length_stats(records: list[dict]) -> dict | None:
+    """{"samples", "truncated", "mean_tokens"}: how many samples, the share cut at --max-new-tokens
+    (stop "length"), their mean length in tokens; None when no record says (another tool's file)."""
+    rows = [r for r in records if r.get("stop") is not None and r.get("tokens") is not None]
+    if not rows:
+        return None
+    stops = [s for r in rows for s in r["stop"]]
+    tokens = [t for r in rows for t in r["tokens"]]
+    return {
+        "samples": len(stops),
+        "truncated": stops.count("length") / len(stops),
+        "mean_tokens": sum(tokens) / len(tokens),
+    }
+
+
 def summarise(records: list[dict], ks: list[int], seed: int = 0) -> dict:
-    """{"n_problems", "metrics": {name: estimate}, "levels": {level: {name: estimate}}} as JSON-ready dicts."""
+    """{"n_problems", "metrics": {name: estimate}, "levels": {level: {name: estimate}}, "lengths":
+    {"all" | level: length_stats}} as JSON-ready dicts ("lengths" only when the records have them)."""
     scores = per_problem_scores(records, ks)
     names = list(next(iter(scores.values())))
     metrics = {m: estimate([s[m] for s in scores.values()], seed).to_dict() for m in names}
     by_level: dict[str, list[dict]] = defaultdict(list)
     for r in records:
         if r.get("level") is not None:
-            by_level[str(r["level"])].append(scores[str(r["id"])])
+            by_level[str(r["level"])].append(r)
     levels = {
-        lvl: {m: estimate([s[m] for s in rows], seed).to_dict() for m in names}
+        lvl: {m: estimate([scores[str(r["id"])][m] for r in rows], seed).to_dict() for m in names}
         for lvl, rows in sorted(by_level.items())
     }
-    return {"n_problems": len(records), "metrics": metrics, "levels": levels}
+    summary = {"n_problems": len(records), "metrics": metrics, "levels": levels}
+    lengths = {"all": length_stats(records), **{lvl: length_stats(rows) for lvl, rows in sorted(by_level.items())}}
+    if lengths["all"] is not None:
+        summary["lengths"] = {k: v for k, v in lengths.items() if v is not None}
+    return summary
+
+
+def truncation_warning(summary: dict, max_new_tokens: int) -> str | None:
+    """One line when more than 5 % of the samples were cut at the token cap, else None."""
+    stats = summary.get("lengths", {}).get("all")
+    if not stats or stats["truncated"] <= TRUNCATION_WARN:
+        return None
+    return (
+        f"{100 * stats['truncated']:.0f} % of the {stats['samples']} samples were cut at --max-new-tokens "
+        f"{max_new_tokens} before they ended, so their answers are mostly missing: a larger --max-new-tokens "
+        "lets them finish"
+    )
+
+
+def lengths_line(summary: dict) -> str | None:
+    """`12.5 % of 32 samples cut at the token cap; mean length 436 tokens`, or None without lengths."""
+    stats = summary.get("lengths", {}).get("all")
+    if not stats:
+        return None
+    return (
+        f"{100 * stats['truncated']:.1f} % of {stats['samples']} samples cut at the token cap; "
+        f"mean length {stats['mean_tokens']:.0f} tokens"
+    )
 
 
 def _split(name: str) -> tuple[str, int]:
@@ -79,6 +125,8 @@ def _is_rate(kind: str) -> bool:
 
 
 def curves_csv(summary: dict) -> str:
+    """One row per level and metric; then, when the samples say, each level's truncated share and
+    mean length (metrics `truncated` and `mean_tokens`, no k, n_problems holding the sample count)."""
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["level", "metric", "k", "mean", "se", "ci_lo", "ci_hi", "n_problems"])
@@ -86,7 +134,11 @@ def curves_csv(summary: dict) -> str:
     for level, metrics in groups:
         for name, e in metrics.items():
             kind, k = _split(name)
-            w.writerow([level, kind, k, e["mean"], e["se"], e["ci"][0], e["ci"][1], e["n_problems"]])
+            ci = e["ci"] or (None, None)
+            w.writerow([level, kind, k, e["mean"], e["se"], ci[0], ci[1], e["n_problems"]])
+    for level, stats in summary.get("lengths", {}).items():
+        for name in ("truncated", "mean_tokens"):
+            w.writerow([level, name, "", stats[name], "", "", "", stats["samples"]])
     return buf.getvalue()
 
 
@@ -106,7 +158,9 @@ def plot_curves(runs: list[tuple[str, dict]], path: Path, title: str = "") -> No
                 continue
             ks, scale = [k for k, _ in pts], 100 if _is_rate(kind) else 1
             ax.plot(ks, [scale * e["mean"] for _, e in pts], marker="o", label=label)
-            ax.fill_between(ks, [scale * e["ci"][0] for _, e in pts], [scale * e["ci"][1] for _, e in pts], alpha=0.2)
+            if all(e["ci"] for _, e in pts):  # one problem has no CI
+                lo, hi = [scale * e["ci"][0] for _, e in pts], [scale * e["ci"][1] for _, e in pts]
+                ax.fill_between(ks, lo, hi, alpha=0.2)
         ax.set_xscale("log", base=2)
         ax.set_xlabel("k (samples)")
         ax.set_ylabel(f"{kind}@k (%)" if _is_rate(kind) else f"{kind}@k (expected best reward)")
@@ -178,7 +232,8 @@ def metrics_table(summary: dict, title: str = ""):
     """Rows k, columns metric: mean (% for rates) with 95 % CI."""
     from rich.table import Table
 
-    table = Table(title=title or f"{summary['n_problems']} problems")
+    caption = lengths_line(summary)
+    table = Table(title=title or f"{summary['n_problems']} problems", caption=caption)
     kinds = _kinds(summary["metrics"])
     ks = sorted({_split(m)[1] for m in summary["metrics"]})
     table.add_column("k", justify="right")
@@ -188,9 +243,14 @@ def metrics_table(summary: dict, title: str = ""):
         row = [str(k)]
         for kind in kinds:
             e = summary["metrics"].get(f"{kind}@{k}")
-            row.append(f"{_fmt(kind, e['mean'])} [{_fmt(kind, e['ci'][0])}, {_fmt(kind, e['ci'][1])}]" if e else "")
+            row.append(f"{_fmt(kind, e['mean'])} {_ci(kind, e['ci'])}" if e else "")
         table.add_row(*row)
     return table
+
+
+def _ci(kind: str, ci: list | None, sign: str = "") -> str:
+    """[lo, hi], or a note where one problem leaves no spread to estimate it from."""
+    return f"[{_fmt(kind, ci[0], sign)}, {_fmt(kind, ci[1], sign)}]" if ci else "(no CI: one problem)"
 
 
 def _fmt(kind: str, value: float, sign: str = "") -> str:
@@ -232,9 +292,15 @@ def common_ks(*runs: list[dict]) -> list[int]:
 def compare(a: list[dict], b: list[dict], ks: list[int], seed: int = 0) -> dict:
     """Paired difference B - A per metric over the problems both runs scored.
 
-    Only metrics both runs have: bon metrics when both carry rewards.
+    Only metrics both runs have: bon metrics when both carry rewards. With each run's truncated
+    share and mean length over the shared problems ("lengths"), when both samples files say.
     """
-    return compare_seeds([a], [b], ks, seed)
+    result = compare_seeds([a], [b], ks, seed)
+    shared = {str(r["id"]) for r in a} & {str(r["id"]) for r in b}
+    la, lb = (length_stats([r for r in run if str(r["id"]) in shared]) for run in (a, b))
+    if la and lb:
+        result["lengths"] = {"a": la, "b": lb}
+    return result
 
 
 def compare_seeds(a: list[list[dict]], b: list[list[dict]], ks: list[int], seed: int = 0) -> dict:
@@ -259,7 +325,15 @@ def compare_seeds(a: list[list[dict]], b: list[list[dict]], ks: list[int], seed:
 def compare_table(result: dict, label_a: str, label_b: str):
     from rich.table import Table
 
-    table = Table(title=f"{label_b} - {label_a} on {result['n_shared']} shared problems (rates: diff in points)")
+    lengths = result.get("lengths")
+    caption = None
+    if lengths:
+        caption = "; ".join(
+            f"{label}: {100 * s['truncated']:.1f} % cut at the token cap, mean {s['mean_tokens']:.0f} tokens"
+            for label, s in ((label_a, lengths["a"]), (label_b, lengths["b"]))
+        )
+    title = f"{label_b} - {label_a} on {result['n_shared']} shared problems (rates: diff in points)"
+    table = Table(title=title, caption=caption)
     for col in ("metric", label_a, label_b, "diff", "95% CI"):
         table.add_column(col, justify="right")
     for m, d in result["diff"].items():
@@ -269,6 +343,6 @@ def compare_table(result: dict, label_a: str, label_b: str):
             _fmt(kind, result["a"][m]),
             _fmt(kind, result["b"][m]),
             _fmt(kind, d["mean"], "+"),
-            f"[{_fmt(kind, d['ci'][0], '+')}, {_fmt(kind, d['ci'][1], '+')}]",
+            _ci(kind, d["ci"], "+"),
         )
     return table

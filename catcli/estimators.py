@@ -27,11 +27,13 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k = 1 - C(n-c, k) / C(n, k) (Chen et al. 2021), in product form.
 
     Not 1 - (1 - c/n)^k, which is biased for small n. 1 when fewer than k samples are wrong.
+    The product prod_i (1 - k/i) is summed as logs and subtracted from 1 by expm1, so a tiny
+    pass@k keeps its digits (1 minus a product near 1 would cancel them).
     """
     _check_k(n, k)
     if n - c < k:
         return 1.0
-    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+    return -math.expm1(float(np.log1p(-k / np.arange(n - c + 1, n + 1)).sum()))
 
 
 def maj_at_k(keys: Sequence[str | None], correct: Sequence[bool], k: int) -> float:
@@ -121,15 +123,19 @@ def bon_correct_at_k(rewards: Sequence[float], correct: Sequence[bool], k: int) 
 
 @dataclass(frozen=True)
 class Estimate:
-    """Mean of per-problem scores with SE = sample std / sqrt(#problems) and a 95 % bootstrap CI."""
+    """Mean of per-problem scores with SE = sample std / sqrt(#problems) and a 95 % bootstrap CI.
+
+    One problem has no spread to estimate them from: se and ci are None (JSON null), not 0.
+    """
 
     mean: float
-    se: float
-    ci: tuple[float, float]
+    se: float | None
+    ci: tuple[float, float] | None
     n_problems: int
 
     def to_dict(self) -> dict:
-        return {"mean": self.mean, "se": self.se, "ci": list(self.ci), "n_problems": self.n_problems}
+        ci = None if self.ci is None else list(self.ci)
+        return {"mean": self.mean, "se": self.se, "ci": ci, "n_problems": self.n_problems}
 
 
 def estimate(scores: Sequence[float], seed: int = 0, n_boot: int = 2000) -> Estimate:
@@ -137,7 +143,9 @@ def estimate(scores: Sequence[float], seed: int = 0, n_boot: int = 2000) -> Esti
     x = np.asarray(scores, dtype=np.float64)
     if x.size == 0:
         raise EstimatorError("no problems to estimate over")
-    se = float(x.std(ddof=1) / math.sqrt(x.size)) if x.size > 1 else 0.0
+    if x.size == 1:
+        return Estimate(float(x[0]), None, None, 1)
+    se = float(x.std(ddof=1) / math.sqrt(x.size))
     rng = np.random.default_rng(seed)
     boot = x[rng.integers(0, x.size, size=(n_boot, x.size))].mean(axis=1)
     lo, hi = np.percentile(boot, [2.5, 97.5])

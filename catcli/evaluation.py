@@ -15,13 +15,14 @@ own module; this file only sequences them and owns the output directory:
 
 from __future__ import annotations
 
+import sys
 import time
 from functools import partial
 
 from catcli import config as cfgmod
 from catcli.backend import vllm_available
 from catcli.config import EvalConfig
-from catcli.curves import console, curves_csv, plot_curves, summarise
+from catcli.curves import console, curves_csv, plot_curves, summarise, truncation_warning
 from catcli.data import fingerprint, load_selection
 from catcli.errors import UsageError
 from catcli.models import resolve_model
@@ -37,7 +38,15 @@ from catcli.rundir import (
     write_atomic,
     write_json,
 )
-from catcli.samples import SamplingSettings, chunk_seed, chunks, load_samples, make_record, sample_completions
+from catcli.samples import (
+    SamplingSettings,
+    chunk_seed,
+    chunks,
+    eos_ids,
+    load_samples,
+    make_record,
+    sample_completions,
+)
 
 # settings that change what is sampled or scored: a resumed run must agree on all of them
 SAMPLING_KEYS = (
@@ -86,7 +95,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
             check_resume(out, cfgmod.to_dict(cfg), cfgmod.to_dict(EvalConfig()), SAMPLING_KEYS)
         merge_parts(out)  # left by a killed multi-process run
         if not (out / "run.json").exists():
-            write_json(out / "run.json", {"config": cfgmod.to_dict(cfg), "provenance": provenance()})
+            decoding = "greedy" if cfg.temperature == 0 else "sampled"
+            record = {"config": cfgmod.to_dict(cfg), "decoding": decoding, "provenance": provenance()}
+            write_json(out / "run.json", record)
     state.wait_for_everyone()
     done = {str(r["id"]) for r in read_jsonl(samples_path)} if samples_path.exists() else set()
 
@@ -124,6 +135,9 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
     plot_curves(
         [(cfg.model, summary)], cfg.out / "curves.png", title=f"{cfg.model} on {source} ({len(records)} problems)"
     )
+    warning = truncation_warning(summary, cfg.max_new_tokens)
+    if warning:
+        print(f"catcli: {warning}", file=sys.stderr)
     return result
 
 
@@ -139,7 +153,7 @@ def resolve_backend(backend: str) -> str:
 
 def _load_sampler(cfg, backend: str):
     """A function (prompts, settings, seed) -> completions for the chosen backend, and its tokenizer."""
-    from catcli.backend import quiet_stdout
+    from catcli.backend import quiet
     from catcli.models import load_for_vllm, load_model
 
     if backend == "vllm":
@@ -148,8 +162,9 @@ def _load_sampler(cfg, backend: str):
         model, tokenizer, lora = load_for_vllm(
             cfg.model, load_in_4bit=cfg.load_in_4bit, max_seq_length=cfg.max_seq_length
         )
+        eos = eos_ids(model, tokenizer)
         return (
-            lambda prompts, s, seed, on_step=None: sample_completions_vllm(model, prompts, s, seed, lora)
+            lambda prompts, s, seed, on_step=None: sample_completions_vllm(model, prompts, s, seed, eos, lora)
         ), tokenizer
     model, tokenizer = load_model(
         cfg.model,
@@ -159,7 +174,7 @@ def _load_sampler(cfg, backend: str):
     )
     from unsloth import FastLanguageModel
 
-    with quiet_stdout():
+    with quiet():
         FastLanguageModel.for_inference(model)
     return (lambda prompts, s, seed, on_step=None: sample_completions(model, tokenizer, prompts, s, seed, on_step)), (
         tokenizer
@@ -203,9 +218,8 @@ def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples
             rows = [make_record(p, c) for p, c in new]
             # scored before the append: a failing reward leaves only whole problems, and --resume redoes this chunk
             if rewards:
-                scores = problem_rewards(
-                    rewards, cfg.weights, [p for p, _ in new], [c for _, c in new], cfg.instruction
-                )
+                texts = [[c.text for c in cs] for _, cs in new]
+                scores = problem_rewards(rewards, cfg.weights, [p for p, _ in new], texts, cfg.instruction)
                 rows = [{**row, "reward": r} for row, r in zip(rows, scores)]
             append_jsonl(samples_path, rows)
             done.update(p.id for p in chunk)

@@ -22,7 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from catcli.backend import import_unsloth, quiet_stdout
+from catcli.backend import import_unsloth, quiet
 from catcli.builtin_models import EMBEDDED_ALIAS, QWEN_ALIAS, builtin_checkpoint
 from catcli.config import LoraSettings
 from catcli.errors import ModelError, UsageError
@@ -155,7 +155,7 @@ def _from_pretrained(spec: str, base: str, **kwargs):
     from unsloth import FastLanguageModel
 
     try:
-        with quiet_stdout():
+        with quiet():
             return FastLanguageModel.from_pretrained(base, use_safetensors=True, **kwargs)
     except (OSError, ValueError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -67,8 +67,14 @@ def _log_binom(n: int, j: int) -> float:
 
 
 def _prepare(log_p: Tensor | float) -> Tensor:
-    log_p = torch.as_tensor(log_p, dtype=torch.float64)
-    return log_p.to(torch.float64).clamp(LOG_P_MIN, LOG_P_MAX)
+    """log p in float64, clamped into [LOG_P_MIN, LOG_P_MAX].
+
+    The upper clamp passes the gradient through: at p = 1 exactly (log p = 0) a plain clamp would
+    zero it, where -log p still has gradient -1 (and -N log p, maj@N:k=N's loss, has -N).
+    """
+    log_p = torch.as_tensor(log_p, dtype=torch.float64).to(torch.float64)
+    above = (log_p - LOG_P_MAX).clamp(min=0).detach()
+    return (log_p - above).clamp(min=LOG_P_MIN)
 
 
 def _binomial_terms(n: int, js: range, log_p: Tensor, log_1mp: Tensor, shift: int = 0) -> Tensor:
@@ -260,8 +266,9 @@ def bon_quantile(rewards: Tensor) -> Tensor:
 def normalise_batch_mean(w: Tensor, n_prompts: int) -> Tensor:
     """Scale so the mean weight over the whole logical batch is 1 (maj@N and bon@N, §4).
 
-    Never within one prompt: a one-prompt batch keeps its raw weight, and an all-zero batch
-    stays zero rather than dividing by zero.
+    Never within one prompt of weights constant within it (maj@N): a one-prompt batch keeps its
+    raw weight (bon@N passes its rollout count, its weights varying by rollout), and an all-zero
+    batch stays zero rather than dividing by zero.
     """
     if n_prompts <= 1:
         return w
@@ -319,7 +326,9 @@ def rl_weights(
         if rewards is None:
             raise ValueError("bon@N RL weights need rewards to rank")
         w = w_rl(strategy, torch.log(bon_quantile(rewards)), form)
-        return RLWeights(normalise_batch_mean(w, p_count), None)
+        # always to mean 1, one prompt too: its weights vary within the prompt (the one-prompt
+        # rule keeps a weight that is constant within a prompt, which normalising would erase)
+        return RLWeights(normalise_batch_mean(w, p_count * m), None)
     if strategy.k is not None:
         ks = (strategy.k,) * p_count
     else:

@@ -1,15 +1,32 @@
-"""Samples: batched generation and the samples.jsonl file (one line per finished problem).
+"""Samples: batched decoding and the samples.jsonl file (one line per finished problem).
 
 Stage: model -> samples. Problems are cut into fixed chunks of `batch_size` over the whole
-selection, and chunk i is sampled with seed (seed, i): one `generate` call samples n
-completions for every problem of the chunk. Because chunks and their seeds do not depend on
-what was already done, a run resumed after a kill samples exactly what the uninterrupted run
-would have (on the same machine and library versions).
+selection, and chunk i is sampled with seed (seed, i). Because chunks and their seeds do not
+depend on what was already done, a run resumed after a kill, or split over processes, samples
+exactly what one uninterrupted run would have (on the same machine and library versions).
+
+Decoding is a small loop of catcli's own over the model's forward (`sample_completions`), not
+`generate`:
+  - each prompt is computed once and its KV cache copied to its n sequences;
+  - every step feeds one token per live sequence, and a sequence that ends leaves the batch
+    with its cache rows, so a chunk shrinks as its samples end instead of computing every row
+    until its longest sample ends;
+  - the next token is drawn by `draw_tokens`: temperature, then top-p from a top-k selection of
+    the likeliest tokens rather than a sort of the whole vocabulary (a 152k-token sort of 32 rows
+    cost as much as the forward on a CPU); greedy at temperature 0;
+  - one generator per chunk, seeded with (seed, chunk), draws one uniform per sequence of the
+    chunk at every step, live or not, so a sequence's draws do not depend on when others end.
+transformers' continuous batching (`generate_batch`) was the other way to shrink: it is not used
+because it samples from the global generator on a thread of its own, in the order its scheduler
+picks, so a sequence's tokens would depend on what shared its batch and when; and its paged
+cache is read by the model's own attention, which Unsloth's patched forwards on a GPU replace.
 
 samples.jsonl line (the format other tools may produce; only answer and completions needed):
   id, level, subject, answer (gold), completions [str], extracted [str|null],
   correct [bool], keys [str|null] (vote classes), optionally reward [float] (finite; what
-  bon@k ranks by: `catcli eval --reward` writes the weighted sum of its rewards, rewards.py)
+  bon@k ranks by: `catcli eval --reward` writes the weighted sum of its rewards, rewards.py),
+  tokens [int] (each completion's length in tokens, the end-of-sequence token excluded) and
+  stop ["eos"|"length"] (it ended, or it was cut at --max-new-tokens)
 """
 
 from __future__ import annotations
@@ -18,20 +35,34 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from catcli.data import Problem
 from catcli.errors import DataError
 from catcli.grading import grade_completions
 from catcli.rundir import read_jsonl
 
+# The nucleus is looked for among this many likeliest tokens first; a row whose top-p mass lies
+# further out (a flat distribution) falls back to a full sort, so the distribution is exact.
+TOP_K_FIRST = 64
+
 
 @dataclass(frozen=True)
 class SamplingSettings:
     n: int
-    temperature: float = 0.8
+    temperature: float = 0.8  # 0: greedy decoding
     top_p: float = 0.95
     max_new_tokens: int = 512
-    batch_size: int = 8  # problems per generate call; n sequences each
+    batch_size: int = 8  # problems per chunk; n sequences each
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One completion: its text, its length in tokens (end-of-sequence excluded), why it stopped."""
+
+    text: str
+    tokens: int
+    stop: Literal["eos", "length"]
 
 
 def chunk_seed(seed: int, chunk: int) -> int:
@@ -43,80 +74,74 @@ def chunks(problems: Sequence[Problem], batch_size: int) -> Iterator[tuple[int, 
         yield i // batch_size, list(problems[i : i + batch_size])
 
 
-def sample_completions(
-    model,
-    tokenizer,
-    prompts: list[str],
-    settings: SamplingSettings,
-    seed: int,
-    on_step: Callable[[int, int], None] | None = None,
-) -> list[list[str]]:
-    """n sampled completions for each prompt, from one batched `generate` call (left padding).
+# ---------------------------------------------------------------- the next token
 
-    Each prompt is run through the model once, and its KV cache copied to its n sequences:
-    plain `num_return_sequences` would recompute the prompt n times, which on a CPU is most of
-    the work when completions are short. The sampled tokens are the same either way (same
-    shapes, same random draws); `tests/test_eval.py` checks that against plain `generate`.
-    `on_step(new_tokens, finished_sequences)` is called after every generated token, for progress.
+
+def nucleus(logits, temperature: float, top_p: float):
+    """The distribution temperature + top-p sampling draws from, (B, V), by a full sort.
+
+    As transformers' TopPLogitsWarper: the tokens sorted ascending, those whose cumulative
+    probability is at most 1 - top_p removed, the likeliest always kept; the rest renormalised.
+    `draw_tokens` samples from this without sorting; tests compare the two.
     """
     import torch
-    from transformers import DynamicCache
 
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    ids, mask, n = enc["input_ids"], enc["attention_mask"], settings.n
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        # all but the last prompt token: generate needs at least one uncached token to start from
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        prefill = model(
-            input_ids=ids[:, :-1],
-            attention_mask=mask[:, :-1],
-            position_ids=positions[:, :-1],
-            past_key_values=DynamicCache(),
-            use_cache=True,
-        )
-        cache = as_dynamic_cache(prefill.past_key_values)
-        cache.batch_repeat_interleave(n)
-        out = model.generate(
-            input_ids=ids.repeat_interleave(n, 0),
-            attention_mask=mask.repeat_interleave(n, 0),
-            past_key_values=cache,
-            do_sample=True,
-            temperature=settings.temperature,
-            top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens,
-            pad_token_id=tokenizer.pad_token_id,
-            stopping_criteria=[_Progress(on_step, _eos_ids(model, tokenizer), ids.shape[1])] if on_step else None,
-        )
-    texts = tokenizer.batch_decode(out[:, ids.shape[1] :], skip_special_tokens=True)
-    return [texts[i * n : (i + 1) * n] for i in range(len(prompts))]
+    probs = torch.softmax(logits.double() / temperature, -1)
+    ascending, order = probs.sort(-1)
+    remove = ascending.cumsum(-1) <= 1 - top_p
+    remove[..., -1] = False
+    kept = probs.scatter(-1, order, ascending.masked_fill(remove, 0.0))
+    return kept / kept.sum(-1, keepdim=True)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
+def _inverse_cdf(weights, uniforms):
+    """Per row, the index whose cumulative weight first passes u x the row's total; (B, m) -> (B,)."""
+    import torch
+
+    cdf = weights.cumsum(-1)
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=weights.shape[-1] - 1)
+
+
+def draw_tokens(logits, temperature: float, top_p: float, uniforms):
+    """The next token of each row: logits (B, V), uniforms (B,) in [0, 1) -> token ids (B,).
+
+    Temperature 0 is greedy (argmax). Otherwise the distribution is `nucleus`'s, drawn by inverse
+    CDF from the row's uniform: top-p keeps the likeliest tokens while the mass above each is
+    below top_p, which `topk` finds among the TOP_K_FIRST likeliest whenever they hold top_p of
+    the mass; other rows are sorted in full.
+    """
+    import torch
+
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, -1)
+    if top_p >= 1.0:
+        return _inverse_cdf(probs, uniforms)
+    k = min(TOP_K_FIRST, probs.shape[-1])
+    top, index = probs.topk(k, -1)
+    above = top.cumsum(-1) - top  # the mass of the likelier tokens
+    kept = torch.where(above < top_p, top, torch.zeros_like(top))
+    out = index.gather(-1, _inverse_cdf(kept, uniforms).unsqueeze(-1)).squeeze(-1)
+    wide = top.sum(-1) < top_p  # the nucleus reaches past the top k: sort these rows in full
+    if k < probs.shape[-1] and wide.any():
+        descending, order = probs[wide].sort(-1, descending=True)
+        above = descending.cumsum(-1) - descending
+        kept = torch.where(above < top_p, descending, torch.zeros_like(descending))
+        out[wide] = order.gather(-1, _inverse_cdf(kept, uniforms[wide]).unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+# ---------------------------------------------------------------- decoding
+def eos_ids(model, tokenizer) -> list[int]:
+    """Every token that ends a sequence: the generation config's (Qwen has two) and the tokenizer's."""
     eos = getattr(model.generation_config, "eos_token_id", None)
     eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     return sorted({e for e in [*eos, tokenizer.eos_token_id] if e is not None})
 
 
-class _Progress:
-    """A stopping criterion that never stops: generate calls it after every token, so a long
-    chunk can report how far it is (tokens so far, sequences that have ended)."""
-
-    def __init__(self, on_step: Callable[[int, int], None], eos: list[int], start: int):
-        self.on_step, self.eos, self.start = on_step, eos, start
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        new = input_ids[:, self.start :]
-        finished = int(torch.isin(new, torch.tensor(self.eos, device=new.device)).any(-1).sum())
-        self.on_step(new.shape[1], finished)
-        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-
-
 def as_dynamic_cache(cache):
-    """The cache a prefill returned, as a DynamicCache.
+    """The cache a forward returned, as a DynamicCache.
 
     Take the returned one, not the one passed in: Unsloth's GPU forward builds a new cache rather
     than filling the DynamicCache it is given, and may return it as per-layer (key, value) pairs.
@@ -126,9 +151,83 @@ def as_dynamic_cache(cache):
     return cache if isinstance(cache, DynamicCache) else DynamicCache(ddp_cache_data=cache)
 
 
+def sample_completions(
+    model,
+    tokenizer,
+    prompts: list[str],
+    settings: SamplingSettings,
+    seed: int,
+    on_step: Callable[[int, int], None] | None = None,
+) -> list[list[Completion]]:
+    """n completions of each prompt (see the module docstring for how); texts without special tokens.
+
+    `on_step(new_tokens, ended_sequences)` is called after every step, for progress.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    tokenizer.padding_side = "left"
+    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+    n, rows = settings.n, len(prompts) * settings.n
+    eos = torch.tensor(eos_ids(model, tokenizer), device=model.device)
+    generator = torch.Generator().manual_seed(seed)
+    tokens: list[list[int]] = [[] for _ in range(rows)]
+    stop: list[str] = ["length"] * rows
+    with torch.inference_mode():
+        mask = enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=enc["input_ids"],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=DynamicCache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        cache = as_dynamic_cache(out.past_key_values)
+        cache.batch_repeat_interleave(n)
+        logits = out.logits[:, -1].repeat_interleave(n, 0)
+        mask = mask.repeat_interleave(n, 0)
+        position = positions[:, -1:].repeat_interleave(n, 0)
+        live = torch.arange(rows)  # which of the chunk's sequences each batch row is
+        for step in range(settings.max_new_tokens):
+            uniforms = torch.rand(rows, generator=generator, dtype=torch.float64)[live]
+            nxt = draw_tokens(logits, settings.temperature, settings.top_p, uniforms.to(logits.device))
+            ended = torch.isin(nxt, eos)
+            for row, token, done in zip(live.tolist(), nxt.tolist(), ended.tolist()):
+                if done:
+                    stop[row] = "eos"
+                else:
+                    tokens[row].append(token)
+            if on_step is not None:
+                on_step(step + 1, rows - len(live) + int(ended.sum()))
+            if step + 1 == settings.max_new_tokens:
+                break
+            if ended.any():  # finished sequences leave the batch, their cache rows with them
+                keep = (~ended).nonzero().squeeze(-1)
+                if keep.numel() == 0:
+                    break
+                cache.batch_select_indices(keep)
+                live, nxt, mask, position = live[keep.cpu()], nxt[keep], mask[keep], position[keep]
+            mask = torch.cat([mask, mask.new_ones(len(live), 1)], -1)
+            position = position + 1
+            out = model(
+                input_ids=nxt.unsqueeze(-1),
+                attention_mask=mask,
+                position_ids=position,
+                past_key_values=cache,
+                use_cache=True,
+            )
+            cache = as_dynamic_cache(out.past_key_values)
+            logits = out.logits[:, -1]
+    texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    flat = [Completion(t, len(ids), s) for t, ids, s in zip(texts, tokens, stop)]
+    return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]
+
+
 def sample_completions_vllm(
-    model, prompts: list[str], settings: SamplingSettings, seed: int, lora_request=None
-) -> list[list[str]]:
+    model, prompts: list[str], settings: SamplingSettings, seed: int, eos: list[int], lora_request=None
+) -> list[list[Completion]]:
     """The same contract as `sample_completions`, through Unsloth's vLLM engine (GPU only)."""
     from vllm import SamplingParams
 
@@ -140,20 +239,31 @@ def sample_completions_vllm(
         seed=seed,
     )
     outputs = model.fast_generate(prompts, sampling_params=params, lora_request=lora_request, use_tqdm=False)
-    return [[c.text for c in o.outputs] for o in outputs]
+    return [
+        [
+            Completion(
+                c.text, sum(t not in eos for t in c.token_ids), "length" if c.finish_reason == "length" else "eos"
+            )
+            for c in o.outputs
+        ]
+        for o in outputs
+    ]
 
 
-def make_record(problem: Problem, completions: list[str]) -> dict:
-    g = grade_completions(problem.answer, completions)
+def make_record(problem: Problem, completions: list[Completion]) -> dict:
+    texts = [c.text for c in completions]
+    g = grade_completions(problem.answer, texts)
     return {
         "id": problem.id,
         "level": problem.level,
         "subject": problem.subject,
         "answer": problem.answer,
-        "completions": completions,
+        "completions": texts,
         "extracted": g.extracted,
         "correct": g.correct,
         "keys": g.keys,
+        "tokens": [c.tokens for c in completions],
+        "stop": [c.stop for c in completions],
     }
 
 
@@ -192,6 +302,16 @@ def load_samples(path: Path) -> list[dict]:
             )
         ):
             raise DataError(f"{where}: reward must be a list of finite numbers, one per completion")
+        for column, kind in (("tokens", int), ("stop", str)):
+            value = row.get(column)
+            if value is not None and (
+                not isinstance(value, list)
+                or len(value) != len(comps)
+                or not all(isinstance(v, kind) and not isinstance(v, bool) for v in value)
+                or (column == "stop" and not set(value) <= {"eos", "length"})
+            ):
+                what = "a count of tokens" if column == "tokens" else '"eos" or "length"'
+                raise DataError(f"{where}: {column} must be a list with {what} per completion")
         if not all(c in row for c in ("correct", "keys")) or len(row["correct"]) != len(comps):
             g = grade_completions(str(row["answer"]), comps)
             row = {**row, "extracted": g.extracted, "correct": g.correct, "keys": g.keys}

@@ -202,8 +202,7 @@ def contract() -> dict:
         return names
 
     return {
-        cls: {m: parameters(getattr(getattr(trl, cls), m), m) for m in methods}
-        for cls, methods in TRL_CONTRACT.items()
+        cls: {m: parameters(getattr(getattr(trl, cls), m), m) for m in methods} for cls, methods in TRL_CONTRACT.items()
     }
 
 

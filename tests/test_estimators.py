@@ -184,3 +184,15 @@ def test_estimate_and_paired_difference():
     assert d.mean == pytest.approx(0.1)
     with pytest.raises(EstimatorError):
         paired_difference([0.1], [0.1, 0.2])
+
+
+def test_pass_at_k_keeps_the_digits_of_a_tiny_probability():
+    # 1 - prod(1 - k/i) cancels: the reference's exact value 2e-12 came out as 1.99996e-12
+    assert pass_at_k(10**12, 1, 2) == pytest.approx(2e-12, rel=1e-9)
+    assert pass_at_k(10**6, 3, 1) == pytest.approx(3e-6, rel=1e-9)
+
+
+def test_one_problem_has_no_standard_error_or_interval():
+    e = estimate([0.7])
+    assert (e.mean, e.se, e.ci, e.n_problems) == (0.7, None, None, 1)
+    assert e.to_dict() == {"mean": 0.7, "se": None, "ci": None, "n_problems": 1}

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, run_cli, start_cli, tiny_llama, wait_for
+from conftest import ROOT, run_cli, start_cli, wait_for
 
 EVAL = ["eval", "--model", "smollm2-135m", "--data", "arith", "--max-new-tokens", "24"]
 
@@ -107,71 +107,6 @@ def test_sigint_keeps_finished_problems_and_exits_130(tmp_path):
     assert 1 <= len(rows) < 500 and not (out / "eval.json").exists()
 
 
-def _plain_generate(model, tok, prompts, settings, seed):
-    """The reference: `generate` with num_return_sequences, which recomputes each prompt n times."""
-    import torch
-
-    tok.padding_side = "left"
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
-    assert enc["attention_mask"][0].sum() < enc["attention_mask"][1].sum()  # the padding case is exercised
-    torch.manual_seed(seed)
-    with torch.inference_mode():
-        out = model.generate(
-            **enc, do_sample=True, temperature=settings.temperature, top_p=settings.top_p,
-            max_new_tokens=settings.max_new_tokens, num_return_sequences=settings.n, pad_token_id=tok.pad_token_id,
-        )  # fmt: skip
-    return tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-
-
-def test_shared_prompt_cache_samples_what_plain_generate_samples():
-    """Prefilling each prompt once and copying its cache n times must not change a single token,
-    also for prompts of different lengths (left padding)."""
-    from catcli.samples import SamplingSettings, sample_completions
-
-    model, tok = tiny_llama()
-    tok.pad_token = tok.eos_token  # as load_model sets it
-    prompts = ["Problem:\nWhat is $12 + 7$?", "Problem:\nWhat is $3 \\times 41$? Think step by step, then answer."]
-    settings = SamplingSettings(n=5, temperature=1.0, top_p=0.95, max_new_tokens=12)
-    steps = []  # the progress hook must see every token and not change a single draw
-    shared = sample_completions(model, tok, prompts, settings, seed=7, on_step=lambda t, e: steps.append((t, e)))
-    assert [t for t, _ in steps] == list(range(1, len(steps) + 1)) and 1 < len(steps) <= 12
-    assert all(0 <= e <= 10 for _, e in steps) and [e for _, e in steps] == sorted(e for _, e in steps)
-
-    plain = _plain_generate(model, tok, prompts, settings, seed=7)
-    assert [c for row in shared for c in row] == plain
-    assert len(set(plain)) > 5  # sampled, not one repeated string
-
-
-def test_prompt_cache_is_shared_when_the_forward_returns_a_new_cache():
-    """Unsloth's GPU forward builds its own cache instead of filling the one it is given: the
-    prompts must still be computed once, and the tokens stay those of plain generate."""
-    from transformers import DynamicCache
-
-    from catcli.samples import SamplingSettings, sample_completions
-
-    model, tok = tiny_llama()
-    tok.pad_token = tok.eos_token
-    prompts = ["Problem:\nWhat is $12 + 7$?", "Problem:\nWhat is $3 \\times 41$? Think, then answer."]
-    settings = SamplingSettings(n=3, temperature=1.0, top_p=1.0, max_new_tokens=6)
-    plain = _plain_generate(model, tok, prompts, settings, seed=3)
-
-    original, widths = model.forward, []
-
-    def unsloth_like_forward(*args, **kwargs):
-        widths.append(kwargs["input_ids"].shape[1])
-        given = kwargs.get("past_key_values")
-        if given is None or given.get_seq_length() > 0:
-            return original(*args, **kwargs)
-        result = original(*args, **{**kwargs, "past_key_values": DynamicCache()})  # the caller's stays empty
-        result.past_key_values = [(layer.keys, layer.values) for layer in result.past_key_values.layers]
-        return result
-
-    model.forward = unsloth_like_forward
-    shared = sample_completions(model, tok, prompts, settings, seed=3)
-    assert [c for row in shared for c in row] == plain
-    assert sum(w > 1 for w in widths) == 1, widths  # one prefill; every later step feeds one token
-
-
 @pytest.mark.gpu
 def test_vllm_backend_matches_the_samples_contract(tmp_path):
     pytest.importorskip("vllm")
@@ -180,3 +115,27 @@ def test_vllm_backend_matches_the_samples_contract(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(len(row["completions"]) == 4 for row in rows)
+
+
+@pytest.mark.slow
+def test_greedy_eval_reports_what_the_cap_cut_and_keeps_third_party_notices_quiet(tmp_path):
+    args = ["--limit", "4", "--temperature", "0", "--n", "1", "--max-new-tokens", "4", "--json"]
+    r = run_cli(*EVAL[:-2], *args, "--out", str(tmp_path / "a"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    result = json.loads(r.stdout)
+    assert set(result["metrics"]) == {"pass@1", "maj@1"}  # greedy: k defaults to 1
+    assert result["lengths"]["all"] == {"samples": 4, "truncated": 1.0, "mean_tokens": 4.0}
+    rows = [json.loads(line) for line in (tmp_path / "a" / "samples.jsonl").read_text().splitlines()]
+    assert all(row["tokens"] == [4] and row["stop"] == ["length"] for row in rows)
+    assert json.loads((tmp_path / "a" / "run.json").read_text())["decoding"] == "greedy"
+    # one line of catcli's own: no banners, loading bars or library notices
+    assert r.stderr.strip().splitlines() == [
+        "catcli: 100 % of the 4 samples were cut at --max-new-tokens 4 before they ended, so their answers are "
+        "mostly missing: a larger --max-new-tokens lets them finish"
+    ]
+    again = run_cli(*EVAL[:-2], *args, "--seed", "3", "--out", str(tmp_path / "b"), env={"CATCLI_DEBUG": "1"})
+    assert again.returncode == 0, again.stderr[-2000:]
+    other = [json.loads(line) for line in (tmp_path / "b" / "samples.jsonl").read_text().splitlines()]
+    same_ids = {row["id"]: row["completions"] for row in rows}
+    assert all(same_ids[row["id"]] == row["completions"] for row in other if row["id"] in same_ids)  # greedy
+    assert "Unsloth" in again.stderr  # CATCLI_DEBUG=1 lets the libraries speak

@@ -371,3 +371,23 @@ def test_group_advantages_match_grpo_rule():
     want0 = (r[0] - 0.5) / (r[0].std() + 1e-4)
     torch.testing.assert_close(a[0], want0.double())
     assert torch.equal(a[1], torch.zeros(4, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("strategy, gradient", [("ce", -1.0), ("pass@1", -1.0), ("maj@8:k=8", -8.0), ("pass@8", 0.0)])
+def test_sft_gradient_at_p_equal_to_one_is_the_formulas_limit(strategy, gradient):
+    # the reference's tests: -log p has gradient -1 at p = 1, and maj@N:k=N's -N log p has -N; a plain
+    # clamp of log p to -1e-300 zeroed them
+    for value in (0.0, -1e-300, -5e-301):
+        log_p = torch.tensor(value, dtype=torch.float64, requires_grad=True)
+        (grad,) = torch.autograd.grad(obj.sft_loss(parse_strategy(strategy), log_p), log_p)
+        assert grad.item() == pytest.approx(gradient, rel=1e-9, abs=1e-12), value
+
+
+def test_bon_weights_of_a_one_prompt_batch_are_normalised_too():
+    # the one-prompt rule keeps weights that are constant within a prompt; bon@N's vary by rollout
+    s = parse_strategy("bon@4")
+    rewards = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    out = obj.rl_weights(s, torch.ones(1, 4), rewards=rewards)
+    raw = 4 * obj.bon_quantile(rewards) ** 3
+    torch.testing.assert_close(out.weights, raw / raw.mean())
+    assert out.weights.mean().item() == pytest.approx(1.0)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from catcli import config
-from catcli.backend import import_unsloth, quiet_stdout
+from catcli.backend import import_unsloth, quiet
 from catcli.config import TrainOptions
 from catcli.errors import UsageError
 from catcli.models import adapter_lora, base_spec, load_model, resolve_model, save_adapter, save_merged, seed_everything
@@ -215,7 +215,7 @@ def build_trainer(
     trainer_cls = spec.trainer_class()
     import trl
 
-    with quiet_stdout():
+    with quiet():
         args = getattr(trl, spec.trl_config)(**settings)
         trainer = trainer_cls(
             model=model,

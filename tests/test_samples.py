@@ -35,16 +35,19 @@ def _grid_frequencies(logits, temperature, top_p, draws: int = 20000):
 
 
 @pytest.mark.parametrize(
-    "shape, top_p",
-    [("peaked", 0.9), ("peaked", 1.0), ("flat", 0.95)],  # flat: the nucleus holds > 64 tokens, sorted in full
+    "scale, vocab, top_p, nucleus_size",
+    [
+        (4.0, 300, 0.9, (1, 64)),  # within the top 64
+        (4.0, 300, 1.0, (300, 300)),  # no top-p: the whole vocabulary
+        (2.0, 3000, 0.95, (65, 1024)),  # widened to the top 1,024
+        (0.05, 300, 0.95, (65, 300)),  # flat: the top k widens to the whole vocabulary
+    ],
 )
-def test_draw_tokens_draws_exactly_the_nucleus(shape, top_p):
+def test_draw_tokens_draws_exactly_the_nucleus(scale, vocab, top_p, nucleus_size):
     g = torch.Generator().manual_seed(1)
-    scale = 4.0 if shape == "peaked" else 0.05
-    logits = scale * torch.randn(1, 300, generator=g)
+    logits = scale * torch.randn(1, vocab, generator=g)
     exact = nucleus(logits, 0.9, top_p)[0].float()
-    kept = int((exact > 0).sum())
-    assert (kept < 64) if shape == "peaked" and top_p < 1 else kept > 64
+    assert nucleus_size[0] <= int((exact > 0).sum()) <= nucleus_size[1]
     freq = _grid_frequencies(logits, 0.9, top_p).float()
     assert (freq[exact == 0] == 0).all()  # never a token outside the nucleus
     torch.testing.assert_close(freq, exact, rtol=0, atol=2 / 20000)

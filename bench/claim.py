@@ -1,23 +1,29 @@
-"""Does CAT work? The claim measured where it should show, over seeds (issue 15).
+"""Does CAT work? The claim measured where it should show, over seeds (issues 15, 25).
 
-SFT (recipes/claim_sft.toml): one CE warm-up, then CE, CAT pass@16 and CAT maj@16:k=4 branches
-for SFT_STEPS each, one per seed, in the over-confident regime (answer-only arith level 3, 64
+sft (recipes/claim_sft.toml): one CE warm-up, then CE, CAT pass@16 and CAT maj@16:k=4 branches for
+SFT_STEPS each, one per seed, in the over-confident regime (answer-only arith level 3, 64
 problems, 25 epochs); each evaluated on 256 held-apart problems x 32 samples with its seed. CE's
 held-apart pass@k against training length comes from seed-0 CE runs of fewer steps (--ce-steps).
-RL (recipes/claim_rl.toml): a short CE warm-up on arith level 1 (pass@1 between 0.1 and 0.5),
-then GRPO, CAT pass@8 (log form), CAT maj@8 and PKPO pass@8 for RL_STEPS each, one per seed,
-equal prompts and rollouts; each evaluated on 256 held-apart problems x 16 samples.
+rl (recipes/claim_rl.toml): a 48-step answer-only CE warm-up on arith levels 1-3, then GRPO, GRPO
+with the all-wrong penalty, CAT pass@8 (log form; sequence p and success p), CAT maj@8, PKPO and
+Pass@k at k = 4, RL_STEPS each, one per seed, equal prompts and rollouts (M = 8); each evaluated on
+256 held-apart problems x 16 samples. Its pilot is the warm-up and GRPO's first seed, checked
+against the regime the paper targets (PILOT): held-apart pass@1 in 0.1-0.5 and pass@16 below 0.9
+after the warm-up, and GRPO raising pass@1 while pass@16 does not rise.
+solution (recipes/claim_sft_solution.toml): the over-confident regime on worked solutions, whose
+sequence p is negligible: CE, CAT maj@16:k=4 with sequence p and with success p (sampled answers).
 
-Each arm's per-problem scores are averaged over its seeds, then paired against the baseline
-(CE, GRPO) over problems with a bootstrap 95 % CI (catcli.curves.compare_seeds). The weight
-statistics (train_log, `catcli weights --from`) say how far each CAT arm moved from CE.
+Each arm is paired with its baseline (CE; GRPO, and GRPO with the penalty for CAT maj@8) over the
+problems all its runs share, pooled over seeds with a CI that redraws seeds as well as problems
+(catcli.curves.compare_seeds); per-seed columns beside it. The weight statistics (train_log,
+run.json's constant_weight, `catcli weights --from`) say how far each CAT arm moved from CE.
 
 Every stage is `catcli` in a subprocess writing OUT/<part>/<stage>: finished stages are
 skipped, an interrupted one resumed, so a stopped run loses nothing; OUT/walls/ keeps each
-stage's time across invocations. Prints one JSON object and writes it to OUT/claim.json with
-OUT/sft_curves.png, OUT/rl_curves.png and OUT/ce_over_steps.png.
+stage's time across invocations. Prints one JSON object and writes it to OUT/claim.json, keeping
+the parts of an earlier OUT/claim.json that this invocation did not run; plots in OUT.
 
-    python bench/claim.py [--quick] [--out runs/claim] [--parts sft,rl] [--seeds 0,1,2]
+    python bench/claim.py [--quick] [--out runs/claim] [--parts sft,rl,solution] [--seeds 0,1,2]
 
 Run it beside other work with OMP_NUM_THREADS=1: two 2-thread torch processes on 2 cores
 slow each other far more than 2x.
@@ -39,6 +45,13 @@ from catcli.rundir import read_jsonl, write_atomic
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SFT_RECIPE, RL_RECIPE = RECIPES / "claim_sft.toml", RECIPES / "claim_rl.toml"
+SOLUTION_RECIPE = RECIPES / "claim_sft_solution.toml"
+SOLUTION_STEPS = 200
+SOLUTION_ARMS = {
+    "ce": ["--strategy", "ce"],
+    "maj@16:k=4_sequence": ["--strategy", "maj@16:k=4", "--p-estimate", "sequence"],
+    "maj@16:k=4_success": ["--strategy", "maj@16:k=4", "--p-estimate", "success"],
+}
 SFT_STEPS = 200
 SFT_ARMS = {a: ["--strategy", a] for a in ("ce", "pass@16", "maj@16:k=4")}
 RL_STEPS = 40
@@ -54,12 +67,25 @@ RL_ARMS = {
     "pkpo_pass@4": ["--method", "pkpo", "--strategy", "pass@4"],
     "passk_pass@4": ["--method", "passk", "--strategy", "pass@4"],
 }
-# each arm's own baseline: the one it differs from in exactly one thing
-RL_BASELINE = {"cat_maj@8": "grpo_penalty"}
+# arms also paired with a baseline besides GRPO: the one they differ from in exactly one thing
+RL_ALSO = {"grpo_penalty": ["cat_maj@8"]}
+# the regime the RL part must be in, read off the pilot (cat-spec §9.1)
+PILOT = {"warmup_pass@1": (0.1, 0.5), "warmup_pass@16_below": 0.9}
 BUDGET_S = 2 * 3600
 # --quick: every stage on a handful of problems, one step each, to prove the pipeline in CI
 QUICK = {
-    "sft": ["--batch-size", "4", "--max-steps", "1", "--save-steps", "1"],
+    "sft": [
+        "--batch-size",
+        "4",
+        "--max-steps",
+        "1",
+        "--save-steps",
+        "1",
+        "--p-samples",
+        "2",
+        "--eval-max-new-tokens",
+        "8",
+    ],
     "rl": ["--prompts-per-step", "2", "--max-steps", "1", "--save-steps", "1"],
     "eval": ["--n", "8", "--k", "1,2,8", "--batch-size", "4"],
 }
@@ -138,13 +164,32 @@ def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, se
     return runs, evals
 
 
-def pooled_part(evals: dict[str, list[Path]], baseline: str) -> dict:
+def pooled_part(evals: dict[str, list[Path]], baseline: str, also: dict[str, list[str]] | None = None) -> dict:
+    """Each arm pooled over its seeds, and paired with `baseline` (and the arms in `also` with
+    theirs) with seed-and-problem bootstrap CIs."""
     ks = ks_of(evals[baseline][0])
     runs = {a: [records(d) for d in ds] for a, ds in evals.items()}
-    return {
+    result = {
         "pooled": {a: summarise_seeds(r, ks) for a, r in runs.items()},
         "vs_" + slug(baseline): {a: compare_seeds(runs[baseline], r, ks) for a, r in runs.items() if a != baseline},
     }
+    for other, arms in (also or {}).items():
+        if other in runs:
+            result["vs_" + slug(other)] = {a: compare_seeds(runs[other], runs[a], ks) for a in arms if a in runs}
+    return result
+
+
+def pilot(warmup: dict, grpo: dict) -> dict:
+    """The pilot's numbers and whether they show the regime PILOT asks for."""
+    lo, hi = PILOT["warmup_pass@1"]
+    top = max((m for m in warmup if m.startswith("pass@")), key=lambda m: int(m.split("@")[1]))
+    checks = {
+        f"warm-up pass@1 in [{lo}, {hi}]": lo <= warmup["pass@1"] <= hi,
+        f"warm-up {top} below {PILOT['warmup_pass@16_below']}": warmup[top] < PILOT["warmup_pass@16_below"],
+        "GRPO raises pass@1": grpo["pass@1"] > warmup["pass@1"],
+        f"GRPO's {top} does not rise": grpo[top] <= warmup[top],
+    }
+    return {"warmup": warmup, "grpo_seed0": grpo, "checks": checks, "in_regime": all(checks.values())}
 
 
 def per_seed(seeds: list[int], runs: dict, evals: dict, stats: tuple[str, ...]) -> dict:
@@ -188,16 +233,39 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
     warmup = bench.stage(out / "warmup", "sft", RL_RECIPE)
     warm_eval = bench.stage(out / "eval_warmup", "eval", RL_RECIPE, "--model", str(warmup))
     runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, "--init-adapter", str(warmup))
-    result = pooled_part(evals, "grpo")
+    result = pooled_part(evals, "grpo", RL_ALSO)
     result["warmup"] = metrics(warm_eval)
+    if seeds[0] == 0 and "grpo" in evals:
+        result["pilot"] = pilot(metrics(warm_eval), metrics(evals["grpo"][0]))
     stats = ("reward_mean", "frac_reward_zero_std", "adv_abs_mean", "adv_frac_zero", "weight_mean", "weight_max")
     result["per_seed"] = per_seed(seeds, runs, evals, stats)
     plot_curves(
         [(f"{a} ({len(seeds)} seeds)", s) for a, s in result["pooled"].items()],
         bench.out / "rl_curves.png",
-        "RL, arith L1, held-apart",
+        "RL, arith L1-3, held-apart",
     )
     return {"recipe": RL_RECIPE.name, "seeds": seeds, "steps": None if bench.quick else RL_STEPS, **result}
+
+
+def solution_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
+    out = bench.out / "solution"
+    warmup = bench.stage(out / "warmup", "sft", SOLUTION_RECIPE)
+    warm_eval = bench.stage(out / "eval_warmup", "eval", SOLUTION_RECIPE, "--model", str(warmup))
+    steps = [] if bench.quick else ["--max-steps", str(SOLUTION_STEPS)]
+    runs, evals = branches(bench, out, "sft", SOLUTION_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
+    result = pooled_part(evals, "ce")
+    result["warmup"] = metrics(warm_eval)
+    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min", "weight_max"))
+    result["constant_weight"] = {
+        a: [json.loads((r / "run.json").read_text()).get("constant_weight") for r in rs] for a, rs in runs.items()
+    }
+    plot_curves(
+        [(f"{a} ({len(seeds)} seeds)", s) for a, s in result["pooled"].items()],
+        bench.out / "solution_curves.png",
+        "SFT on worked solutions, arith L1-3, held-apart",
+    )
+    return {"recipe": SOLUTION_RECIPE.name, "seeds": seeds, "branch_steps": None if bench.quick else SOLUTION_STEPS,
+            **result}  # fmt: skip
 
 
 def plot_over_steps(rows: list[dict], path: Path) -> None:
@@ -222,7 +290,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="a handful of problems and one step per stage (CI smoke)")
     ap.add_argument("--out", type=Path, help="[default: runs/claim, or runs/claim_quick with --quick]")
-    ap.add_argument("--parts", default="sft,rl")
+    ap.add_argument("--parts", default="sft,rl,solution")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--rl-seeds", help="the RL part's seeds [default: --seeds]")
     ap.add_argument(
@@ -235,7 +303,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     bench = Bench(out, args.quick)
     parts = args.parts.split(",")
-    result: dict = {"bench": "claim", "machine": device.describe(), "quick": args.quick}
+    earlier = json.loads((out / "claim.json").read_text()) if (out / "claim.json").exists() else {}
+    result: dict = {k: earlier[k] for k in ("sft", "rl", "solution") if k in earlier and k not in parts}
+    result.update(bench="claim", machine=device.describe(), quick=args.quick)
     keep = set(args.arms.split(",")) | {"ce", "grpo"} if args.arms else None
     if "sft" in parts:
         ce_steps = [int(n) for n in args.ce_steps.split(",") if n]
@@ -244,6 +314,9 @@ def main() -> None:
     if "rl" in parts:
         rl_seeds = [int(s) for s in args.rl_seeds.split(",")] if args.rl_seeds else seeds
         result["rl"] = rl_part(bench, rl_seeds, {a: f for a, f in RL_ARMS.items() if keep is None or a in keep})
+    if "solution" in parts:
+        arms = {a: f for a, f in SOLUTION_ARMS.items() if keep is None or a in keep}
+        result["solution"] = solution_part(bench, seeds, arms)
     result["stage_walls_s"] = bench.walls()
     result["wall_s"] = sum(result["stage_walls_s"].values())  # every stage's own time, summed over invocations
     result["budget_s"] = BUDGET_S

@@ -33,6 +33,8 @@ HARMLESS = tuple(
         r"Failed to load CPU gemm_4bit_forward from kernels-community",  # bitsandbytes, 4-bit unused on CPU
         r"Ignoring clean_up_tokenization_spaces=True for BPE tokenizer",  # transformers, a tokenizer default
         r"`torch_dtype` is deprecated! Use `dtype` instead!",
+        # a chat model's tokenizer names its end-of-turn token as EOS; catcli's sampler stops at both
+        r"The tokenizer has new PAD/BOS/EOS tokens that differ from the model config and generation config",
         r"is an Enum subclass and is now natively supported by torch.compile",  # torch, about unsloth's kernels
     )
 )

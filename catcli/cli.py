@@ -333,11 +333,22 @@ def compare(
     seed: SeedOpt = 0,
     as_json: JsonOpt = False,
 ):
-    """Paired difference B - A per metric over shared problems, with a bootstrap 95 % CI (bon metrics when both have rewards)."""
-    from catcli.curves import common_ks, compare_table, console
+    """Paired difference B - A per metric over shared problems, with a bootstrap 95 % CI (bon metrics when both have rewards).
+
+    Two training runs evaluated along the way (--eval-data) are compared at each step both evaluated.
+    """
+    from catcli.curves import common_ks, compare_over_steps, compare_table, console, is_training_run
     from catcli.curves import compare as compare_runs
     from catcli.samples import load_samples
 
+    if is_training_run(a) and is_training_run(b):  # their evaluations along training, step by step
+        result = compare_over_steps(a, b, _ks(k), seed)
+        if as_json:
+            _emit_json(result)
+            return
+        for step, at_step in result["steps"].items():
+            console().print(compare_table(at_step, str(a), str(b), f"step {step}: "))
+        return
     ra, rb = load_samples(a), load_samples(b)
     result = compare_runs(ra, rb, _ks(k) or common_ks(ra, rb), seed)
     if as_json:
@@ -351,22 +362,28 @@ def plot(
     runs: Annotated[list[Path], typer.Argument(help="eval.json files or run directories to overlay.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="PNG file to write.")],
 ):
-    """Overlay the pass@k / maj@k (and bon@k / bon_correct@k) curves of several eval runs."""
-    from catcli.curves import load_eval_results, plot_curves
+    """Overlay the pass@k / maj@k (and bon@k / bon_correct@k) curves of several eval runs against k, or
+    of training runs evaluated along the way (--eval-data) against the step."""
+    from catcli.curves import is_training_run, load_eval_log, load_eval_results, plot_curves, plot_over_steps
 
-    plot_curves(load_eval_results(runs), output)
+    training = [is_training_run(run) for run in runs]
+    if any(training) and not all(training):
+        raise UsageError("plot draws eval runs against k or training runs against the step: not both at once")
+    if all(training):
+        plot_over_steps([(str(run), load_eval_log(run)) for run in runs], output)
+    else:
+        plot_curves(load_eval_results(runs), output)
     typer.echo(f"wrote {output}", err=True)
 
 
 # ---------------------------------------------------------------- training
 
 
-def _train(section: str, cfg, run, summary: str, dry_run: bool, as_json: bool) -> None:
+def _train(section: str, cfg, run, dry_run: bool, as_json: bool) -> None:
     """Print the resolved config, or train."""
     if dry_run:
         _emit_json({section: config.to_dict(cfg)})
         return
-    typer.echo(summary, err=True)
     result = run(cfg, progress=not as_json)
     if as_json:
         _emit_json(result)
@@ -379,11 +396,7 @@ def sft(cfg: SFTRunConfig, dry_run: bool, as_json: bool):
     """CAT-weighted SFT on Unsloth 4-bit QLoRA: minimise -log S(p) of the strategy."""
     from catcli.trainers.sft import run_sft
 
-    summary = (
-        f"effective batch: {cfg.batch_size} x {cfg.grad_accum} accumulation per process; "
-        f"strategy {cfg.strategy}, {cfg.target} targets, {cfg.reduction} reduction"
-    )
-    _train("sft", cfg, run_sft, summary, dry_run, as_json)
+    _train("sft", cfg, run_sft, dry_run, as_json)
 
 
 @config_command(app, "rl", RLRunConfig, "recipe", "dry_run", "as_json")
@@ -391,11 +404,7 @@ def rl(cfg: RLRunConfig, dry_run: bool, as_json: bool):
     """GRPO with CAT advantage weights: rollouts graded for correctness, advantages x w_RL."""
     from catcli.trainers.rl import run_rl
 
-    summary = (
-        f"effective batch: {cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts per process; "
-        f"strategy {cfg.strategy} ({cfg.form}), method {cfg.method}, loss {cfg.loss_type}"
-    )
-    _train("rl", cfg, run_rl, summary, dry_run, as_json)
+    _train("rl", cfg, run_rl, dry_run, as_json)
 
 
 # ---------------------------------------------------------------- entry point

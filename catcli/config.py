@@ -222,6 +222,26 @@ class TrainOptions(RunOptions):
     init_adapter: str | None = option(None, "Start from this adapter (e.g. a warm-up run).")
     report_to: ReportTo = option("none", "none | tensorboard | wandb.")
     save_merged: bool = option(False, "Also write OUT/merged: the adapter merged into a 16-bit base.")
+    # held-apart evaluation while training (trainers/callbacks.py): what `catcli eval` would report
+    # on the adapter of that step, with the same settings and seed
+    eval_data: str | None = option(
+        None, "Evaluate the policy during training on these problems (as eval's --data).", shown="no evaluation"
+    )
+    eval_split: str = option("test", "The evaluation problems' split.")
+    eval_levels: str = option("1-3", "The evaluation problems' levels.")
+    eval_limit: int | None = option(None, "A seeded subset of this many evaluation problems.")
+    eval_seed: int = option(0, "Seed of the evaluation's selection and sampling: equal seeds pair two runs.")
+    eval_k: tuple[int, ...] | None = option(
+        None, "The evaluation's k values.", shown="1,4,16; 1 when greedy", parse=parse_ks_flag
+    )
+    eval_n: int | None = option(None, "Samples per evaluation problem.", shown="the largest --eval-k")
+    eval_every: int | None = option(
+        None, "Evaluate every this many optimizer steps, and at the end.", shown="at the end"
+    )
+    eval_temperature: float = option(0.8, "The evaluation's sampling temperature (0: greedy).")
+    eval_top_p: float = option(0.95, "The evaluation's top-p.")
+    eval_max_new_tokens: int = option(512, "Tokens per evaluation sample at most.")
+    eval_batch_size: int = option(16, "Problems per chunk of evaluation samples.")
 
     @property
     def lora(self) -> LoraSettings:
@@ -229,13 +249,45 @@ class TrainOptions(RunOptions):
         d = self.LORA_DEFAULT
         return LoraSettings(self.lora_r or d.r, self.lora_alpha or d.alpha, self.lora_targets or d.targets)
 
+    def __post_init__(self) -> None:
+        if self.eval_k is None:
+            object.__setattr__(self, "eval_k", (1,) if self.eval_temperature == 0 else (1, 4, 16))
+        super().__post_init__()
+
+    @property
+    def eval_n_samples(self) -> int:
+        return self.eval_n if self.eval_n is not None else max(self.eval_k)
+
+    @classmethod
+    def recipe_defaults(cls, recipe: dict, section: str, given: dict) -> dict:
+        """The eval_* values a recipe's [eval] table gives: `catcli sft --recipe R --eval-every 8`
+        evaluates as `catcli eval --recipe R` would. Only when evaluation is asked for (eval_data or
+        eval_every in the flags or the command's table), and never over what that table says."""
+        own = recipe.get(section, {})
+        table = recipe.get("eval")
+        if not isinstance(table, dict) or not any(given.get(k) or own.get(k) for k in ("eval_data", "eval_every")):
+            return {}
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {f"eval_{k}": v for k, v in table.items() if f"eval_{k}" in names and f"eval_{k}" not in own}
+
     def check(self) -> None:
         super().check()
-        _at_least(self, ("save_steps", "lora_r", "lora_alpha"), 1)
+        _at_least(self, ("save_steps", "lora_r", "lora_alpha", "eval_every", "eval_limit"), 1)
         if not self.lr > 0:
             raise UsageError(f"--lr must be positive, got {self.lr}")
         if self.warmup_steps < 0:
             raise UsageError(f"--warmup-steps must be >= 0, got {self.warmup_steps}")
+        if self.eval_data is None and self.eval_every is not None:
+            raise UsageError("--eval-every needs --eval-data (or a recipe's [eval] table): what to evaluate on")
+        if not self.eval_k or any(k < 1 for k in self.eval_k):
+            raise UsageError("--eval-k needs positive integers, like 1,4,16")
+        _at_least(self, ("eval_n", "eval_max_new_tokens", "eval_batch_size"), 1)
+        if max(self.eval_k) > self.eval_n_samples:
+            raise UsageError(f"--eval-k {max(self.eval_k)} is larger than --eval-n {self.eval_n_samples}")
+        if self.eval_temperature < 0 or not 0 < self.eval_top_p <= 1:
+            raise UsageError("--eval-temperature must be >= 0 (0: greedy) and --eval-top-p in (0, 1]")
+        if self.eval_temperature == 0 and self.eval_n_samples != 1:
+            raise UsageError("--eval-temperature 0 decodes greedily: use --eval-n 1")
 
 
 # ---------------------------------------------------------------- the commands
@@ -257,6 +309,15 @@ class SFTRunConfig(TrainOptions):
     batch_size: int = option(1, "Sequences per micro-batch.")
     grad_accum: int = option(4, "Micro-batches per optimizer step.")
     max_length: int = option(1024, "Prompt plus target tokens at most.")
+    p_estimate: Literal["sequence", "success"] = option(
+        "sequence",
+        "p behind the weights: sequence (the target's probability, the paper's) | success (the problem's "
+        "Laplace success rate over answers sampled from the current policy, as --eval-* sample).",
+    )
+    p_samples: int = option(8, "With --p-estimate success: answers sampled per training problem at each refresh.")
+    p_every: int | None = option(
+        None, "With --p-estimate success: refresh the estimates every this many optimizer steps.", shown="once an epoch"
+    )
     out: Path = option(Path("runs/sft"), "Output directory.")
 
     def __post_init__(self) -> None:
@@ -267,7 +328,7 @@ class SFTRunConfig(TrainOptions):
 
     def check(self) -> None:
         super().check()
-        _at_least(self, ("batch_size", "grad_accum", "max_length", "max_steps"), 1)
+        _at_least(self, ("batch_size", "grad_accum", "max_length", "max_steps", "p_samples", "p_every"), 1)
         if not self.epochs > 0:
             raise UsageError(f"--epochs must be positive, got {self.epochs}")
 
@@ -455,6 +516,9 @@ def resolve(cls, section: str, recipe: dict, flags: dict):
     if unknown_sections:
         raise UsageError(f"recipe keys must sit under a table such as [{section}]: found {unknown_sections[0]!r}")
     values: dict = {}
+    defaults = getattr(cls, "recipe_defaults", None)
+    for key, value in (defaults(recipe, section, flags) if defaults else {}).items():
+        values[key] = _value(fields[key], hints[key], value, f"eval.{key.removeprefix('eval_')}")
     for key, value in recipe.get(section, {}).items():
         if key not in fields:
             close = difflib.get_close_matches(key, list(fields), n=1)

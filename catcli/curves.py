@@ -15,8 +15,10 @@ import io
 from collections import defaultdict
 from pathlib import Path
 
+import numpy as np
+
 from catcli.errors import DataError, UsageError
-from catcli.estimators import Estimate, EstimatorError, estimate, paired_difference, problem_scores
+from catcli.estimators import Estimate, EstimatorError, estimate, hierarchical_difference, problem_scores
 from catcli.rundir import write_atomic
 
 KINDS = ("pass", "maj", "bon", "bon_correct")  # display order
@@ -187,6 +189,65 @@ def load_eval_results(runs: list[Path]) -> list[tuple[str, dict]]:
     return loaded
 
 
+def load_eval_log(run: Path) -> list[dict]:
+    """The rows of a training run's OUT/eval_log.jsonl (`sft`/`rl` with --eval-data), by step."""
+    from catcli.rundir import read_jsonl
+
+    path = run / "eval_log.jsonl" if run.is_dir() else run
+    if not path.exists():
+        raise DataError(f"{run} holds no eval_log.jsonl: train with --eval-data to evaluate along the way")
+    return sorted(read_jsonl(path), key=lambda row: row["step"])
+
+
+def is_training_run(path: Path) -> bool:
+    """A run directory whose evaluations are along its training (eval_log.jsonl), not one eval."""
+    return path.is_dir() and (path / "eval_log.jsonl").exists() and not (path / "eval.json").exists()
+
+
+def plot_over_steps(runs: list[tuple[str, list[dict]]], path: Path, title: str = "") -> None:
+    """Each metric kind against the optimizer step, one line per run and k, 95 % CI bands; atomic."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = {m for _, rows in runs for row in rows for m in row["metrics"]}
+    kinds = _kinds(names)
+    fig, axes = plt.subplots(1, len(kinds), figsize=(5 * len(kinds), 4), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for label, rows in runs:
+            for k in sorted({_split(m)[1] for m in names if _split(m)[0] == kind}):
+                pts = [(row["step"], row["metrics"][f"{kind}@{k}"]) for row in rows if f"{kind}@{k}" in row["metrics"]]
+                scale = 100 if _is_rate(kind) else 1
+                steps = [s for s, _ in pts]
+                ax.plot(steps, [scale * e["mean"] for _, e in pts], marker="o", label=f"{label} {kind}@{k}")
+                if all(e["ci"] for _, e in pts):
+                    lo, hi = [scale * e["ci"][0] for _, e in pts], [scale * e["ci"][1] for _, e in pts]
+                    ax.fill_between(steps, lo, hi, alpha=0.15)
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(f"{kind}@k (%)" if _is_rate(kind) else f"{kind}@k")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    save_png(fig, path)
+
+
+def compare_over_steps(a: Path, b: Path, ks: list[int] | None, seed: int = 0) -> dict:
+    """`compare` of two training runs' evaluations at each step both made (OUT/eval/step-N.jsonl):
+    equal eval settings and seed give the same problems and pair them."""
+    from catcli.samples import load_samples
+
+    steps = sorted({r["step"] for r in load_eval_log(a)} & {r["step"] for r in load_eval_log(b)})
+    if not steps:
+        raise UsageError(f"{a} and {b} share no evaluated step: evaluate both at the same --eval-every")
+    out = {}
+    for step in steps:
+        ra, rb = (load_samples(run / "eval" / f"step-{step}.jsonl") for run in (a, b))
+        out[str(step)] = compare(ra, rb, ks or common_ks(ra, rb), seed)
+    return {"steps": out}
+
+
 def plot_weights(result: dict, path: Path, form: str) -> None:
     """w_SFT and w_RL against p (log axes) from reweighting.weight_points; written atomically."""
     import matplotlib
@@ -304,25 +365,30 @@ def compare(a: list[dict], b: list[dict], ks: list[int], seed: int = 0) -> dict:
 
 
 def compare_seeds(a: list[list[dict]], b: list[list[dict]], ks: list[int], seed: int = 0) -> dict:
-    """`compare` pooled over seeds: each side's per-problem scores averaged over its runs, then
-    B - A paired over the problems all runs share."""
-    sa, sb = seed_mean_scores(a, ks), seed_mean_scores(b, ks)
-    shared = sorted(set(sa) & set(sb))
+    """`compare` pooled over seeds: B - A over the problems all runs share, with a CI that redraws
+    the seeds as well as the problems (estimators.hierarchical_difference), so it is never narrower
+    than the seeds' spread; run i of A and run i of B are seed i of each arm. One run a side is
+    the plain paired comparison over problems."""
+    if len(a) != len(b):
+        raise UsageError(f"{len(a)} runs against {len(b)}: pool the same seeds on both sides")
+    per_run = [per_problem_scores(r, ks) for r in (*a, *b)]
+    shared = sorted(set.intersection(*(set(s) for s in per_run)))
     if not shared:
         raise UsageError("the two runs share no problem ids: compare runs on the same problems")
-    names = [m for m in sa[shared[0]] if m in sb[shared[0]]]
-    diffs: dict[str, Estimate] = {
-        m: paired_difference([sa[i][m] for i in shared], [sb[i][m] for i in shared], seed) for m in names
-    }
+    names = [m for m in per_run[0][shared[0]] if all(m in s[shared[0]] for s in per_run)]
+    table = {m: np.array([[s[i][m] for i in shared] for s in per_run]) for m in names}  # (2S, P)
+    n = len(a)
+    diffs: dict[str, Estimate] = {m: hierarchical_difference(x[:n], x[n:], seed) for m, x in table.items()}
     return {
         "n_shared": len(shared),
-        "a": {m: sum(sa[i][m] for i in shared) / len(shared) for m in names},
-        "b": {m: sum(sb[i][m] for i in shared) / len(shared) for m in names},
+        "n_runs": n,
+        "a": {m: float(x[:n].mean()) for m, x in table.items()},
+        "b": {m: float(x[n:].mean()) for m, x in table.items()},
         "diff": {m: d.to_dict() for m, d in diffs.items()},
     }
 
 
-def compare_table(result: dict, label_a: str, label_b: str):
+def compare_table(result: dict, label_a: str, label_b: str, prefix: str = ""):
     from rich.table import Table
 
     lengths = result.get("lengths")
@@ -332,7 +398,7 @@ def compare_table(result: dict, label_a: str, label_b: str):
             f"{label}: {100 * s['truncated']:.1f} % cut at the token cap, mean {s['mean_tokens']:.0f} tokens"
             for label, s in ((label_a, lengths["a"]), (label_b, lengths["b"]))
         )
-    title = f"{label_b} - {label_a} on {result['n_shared']} shared problems (rates: diff in points)"
+    title = f"{prefix}{label_b} - {label_a} on {result['n_shared']} shared problems (rates: diff in points)"
     table = Table(title=title, caption=caption)
     for col in ("metric", label_a, label_b, "diff", "95% CI"):
         table.add_column(col, justify="right")

@@ -159,6 +159,31 @@ def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0) -> 
     return estimate(np.asarray(b, dtype=np.float64) - np.asarray(a, dtype=np.float64), seed)
 
 
+def hierarchical_difference(a, b, seed: int = 0, n_boot: int = 2000) -> Estimate:
+    """B - A over seeds and problems: a (S, P) and b (S, P) hold each seed's per-problem scores.
+
+    The mean is over all seeds and problems. The CI is a two-level percentile bootstrap: each
+    replicate redraws the seeds (the same draw on both sides: seed s of A and of B share their
+    evaluation's problems and sampling seed) and then the problems, so the interval carries the
+    spread between training seeds as well as between problems, and is never narrower than the
+    seeds' disagreement. With one seed it is the problems-only bootstrap of `paired_difference`.
+    The SE is the replicates' standard deviation.
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 2:
+        raise EstimatorError("a hierarchical difference needs (seeds, problems) scores of the same shape on both sides")
+    n_seeds, n_problems = a.shape
+    if n_seeds == 1:
+        return paired_difference(a[0], b[0], seed)
+    rng = np.random.default_rng(seed)
+    seeds = rng.integers(0, n_seeds, size=(n_boot, n_seeds))
+    problems = rng.integers(0, n_problems, size=(n_boot, n_problems))
+    diff = b - a  # (S, P)
+    replicates = diff[seeds[:, :, None], problems[:, None, :]].mean(axis=(1, 2))
+    lo, hi = np.percentile(replicates, [2.5, 97.5])
+    return Estimate(float(diff.mean()), float(replicates.std(ddof=1)), (float(lo), float(hi)), n_problems)
+
+
 # ---------------------------------------------------------------- one problem, all metrics
 
 

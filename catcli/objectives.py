@@ -239,8 +239,17 @@ def at_rollout_floor(seq_log_p: Tensor) -> Tensor:
     return seq_log_p.detach().to(torch.float64) <= math.log(ROLLOUT_P_FLOOR)
 
 
+def laplace_p(c: int, m: int) -> float:
+    """The success-rate estimate of p from c correct of m sampled answers: (c + 1) / (m + 2).
+
+    Laplace's rule: never 0 or 1, so every weight stays finite and every problem keeps a gradient
+    (cat-spec §2, §2.1).
+    """
+    return (c + 1) / (m + 2)
+
+
 def laplace_log_p(correct: Tensor) -> Tensor:
-    """maj@N RL p of each prompt: (c + 1) / (M + 2), c correct of M rollouts; correct is (P, M)."""
+    """log `laplace_p` of each prompt from its graded rollouts; correct is (P, M) -> (P,)."""
     c = correct.to(torch.float64).sum(-1)
     m = correct.shape[-1]
     return torch.log((c + 1) / (m + 2))

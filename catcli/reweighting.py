@@ -13,6 +13,7 @@ run recorded (`run_ps` reads them, `summarise` is pure).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,22 @@ def summarise(ps: Sequence[float], strategy: Strategy, form: Form = "raw") -> Re
     )
 
 
+CONSTANT = 0.01  # weights within 1 % of each other over a whole run: CAT trained as CE
+
+
+def constant_weight(w_min: Sequence[float], w_max: Sequence[float], tolerance: float = CONSTANT) -> float | None:
+    """The one weight every sequence of a run had, or None if they differed.
+
+    From each logged step's smallest and largest weight: constant when the largest of all is within
+    `tolerance` of the smallest of all (and positive). Then CAT changed only the step size: the run
+    trained as CE (GRPO) with a learning rate `w` times larger. Returns the geometric middle.
+    """
+    low, high = min(w_min), max(w_max)
+    if not low > 0 or high > (1 + tolerance) * low:
+        return None
+    return (low * high) ** 0.5
+
+
 def weight_points(strategy: Strategy, ps: Sequence[float], form: Form = "raw") -> dict:
     """{"strategy", "n", "k", "points": [{"p", "sft_weight", "rl_weight"}]}: Table 1 at each p."""
     log_p = torch.log(torch.tensor(ps, dtype=torch.float64))
@@ -108,25 +125,35 @@ def weight_points(strategy: Strategy, ps: Sequence[float], form: Form = "raw") -
     }
 
 
-def run_ps(source: Path) -> tuple[list[float], str]:
-    """The p values a run recorded and what each belongs to: per problem c/n (an eval run's
-    samples.jsonl), per step p_mean (an sft run's train_log.jsonl)."""
+def run_ps(source: Path) -> tuple[list[float], str, str]:
+    """The p values a run recorded, what each belongs to, and a note saying so: per problem c/n (an
+    eval run's samples.jsonl), per training problem (c + 1)/(m + 2) from sampled answers (an sft
+    run with --p-estimate success: its p_estimates.json), per step p_mean (an sft run's train_log)."""
     from catcli.samples import load_samples
 
     if not source.exists():
         raise DataError(f"--from {source} does not exist")
     path = source
     if source.is_dir():
-        found = [source / name for name in ("samples.jsonl", "train_log.jsonl") if (source / name).exists()]
+        names = ("p_estimates.json", "samples.jsonl", "train_log.jsonl")
+        found = [source / name for name in names if (source / name).exists()]
         if not found:
             raise DataError(
                 f"--from {source} holds neither samples.jsonl (an eval run) nor train_log.jsonl (an sft run)"
             )
-        if len(found) > 1:
+        if len(found) > 1 and found[0].name == "samples.jsonl":
             raise UsageError(f"--from {source} holds both samples.jsonl and train_log.jsonl: name the file")
-        path = found[0]
+        path = found[0]  # an sft run with sampled estimates: those, rather than its train_log's p_mean
+    if path.name == "p_estimates.json":
+        saved = json.loads(path.read_text())
+        note = (
+            f"p is each training problem's success rate (c + 1)/(m + 2) over m = {saved['m']} answers sampled "
+            f"from the policy at step {saved['step']} (--p-estimate success)"
+        )
+        return list(saved["p"].values()), "problem", note
     if path.name != "train_log.jsonl":
-        return [sum(r["correct"]) / len(r["correct"]) for r in load_samples(path)], "problem"
+        ps = [sum(r["correct"]) / len(r["correct"]) for r in load_samples(path)]
+        return ps, "problem", "p is each problem's success rate c/n over its graded samples"
     ps = []
     for i, row in enumerate(read_jsonl(path)):
         if not isinstance(row, dict) or "p_mean" not in row:
@@ -137,16 +164,14 @@ def run_ps(source: Path) -> tuple[list[float], str]:
         ps.append(float(p))
     if not ps:
         raise DataError(f"{path} has no p_mean: only sft train logs record p (an rl log records rewards)")
-    return ps, "step"
+    note = (
+        "p is each training step's batch-mean target probability (train_log p_mean), not a per-problem p, "
+        "so each w is the weight at that mean, not the step's mean weight (train_log weight_mean)"
+    )
+    return ps, "step", note
 
 
 def summarise_run(source: Path, strategy: Strategy, form: Form = "raw") -> tuple[Reweighting, str, str]:
     """`summarise` over a run's p values (`run_ps`); also what one p stands for and a note saying so."""
-    ps, unit = run_ps(source)
-    note = (
-        "p is each training step's batch-mean target probability (train_log p_mean), not a per-problem p, "
-        "so each w is the weight at that mean, not the step's mean weight (train_log weight_mean)"
-        if unit == "step"
-        else "p is each problem's success rate c/n over its graded samples"
-    )
+    ps, unit, note = run_ps(source)
     return summarise(ps, strategy, form), unit, note

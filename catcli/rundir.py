@@ -19,6 +19,10 @@ from pathlib import Path
 
 from catcli.errors import DataError, UsageError
 
+# files of a training run beside train_log.jsonl and run.json (trainers/callbacks.py writes them)
+EVAL_LOG = "eval_log.jsonl"  # one row per evaluation along training
+P_ESTIMATES = "p_estimates.json"  # the latest sampled p estimates; each checkpoint holds its own
+
 
 def prepare_out(out: Path, *, resume: bool, overwrite: bool) -> Path:
     """Make `out` ready: a non-empty directory is refused unless --resume or --overwrite.
@@ -112,21 +116,22 @@ def drop_torn_tail(path: Path) -> None:
             f.truncate(cut)
 
 
-def resume_checkpoint(out: Path) -> Path | None:
+def resume_checkpoint(out: Path, logs: tuple[str, ...] = ("train_log.jsonl",)) -> Path | None:
     """The last complete Trainer checkpoint under OUT/checkpoints, or None.
 
-    Lines of OUT/train_log.jsonl past that checkpoint's step are dropped: the resumed run logs
-    those steps again.
+    Rows of the OUT/`logs` (JSONL with a "step") past that checkpoint's step are dropped: the
+    resumed run logs those steps again.
     """
     done = [p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()]
     if not done:
         return None
     last = max(done, key=lambda p: int(p.name.split("-")[-1]))
-    log = out / "train_log.jsonl"
-    if log.exists():
-        step = json.loads((last / "trainer_state.json").read_text())["global_step"]
-        keep = [r for r in read_jsonl(log) if r["step"] <= step]
-        write_atomic(log, "".join(json.dumps(r) + "\n" for r in keep))
+    step = json.loads((last / "trainer_state.json").read_text())["global_step"]
+    for name in logs:
+        log = out / name
+        if log.exists():
+            keep = [r for r in read_jsonl(log) if r["step"] <= step]
+            write_atomic(log, "".join(json.dumps(r) + "\n" for r in keep))
     return last
 
 

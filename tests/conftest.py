@@ -92,6 +92,19 @@ def wait_for(predicate, proc, timeout: float = 900) -> None:
     raise AssertionError("timed out waiting")
 
 
+@pytest.fixture(scope="session")
+def boxing_adapter(tmp_path_factory):
+    """A few answer-only CE steps: enough for the embedded model to box its answers (it rarely does
+    untrained) and be right now and then, so that graded rewards and success rates have something
+    to grade. One per session: RL and SFT tests start from it."""
+    out = tmp_path_factory.mktemp("warmup") / "sft"
+    r = run_cli("sft", "--model", "smollm2-135m", "--data", "arith", "--levels", "1", "--limit", "64",
+                "--max-steps", "12", "--batch-size", "8", "--grad-accum", "1", "--lr", "3e-4", "--no-load-in-4bit",
+                "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
 def tiny_llama():
     """A 2-layer random Llama with the embedded model's tokenizer: (model, tokenizer), seeded."""
     import torch

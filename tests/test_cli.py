@@ -283,6 +283,11 @@ TRAIN_BAD = [
     (["rl", "--optim", "sgd", "--data", "arith"], "--optim must be one of"),
     (["sft", "--lr-scheduler", "cyclic", "--data", "arith"], "--lr-scheduler must be one of"),
     (["sft", "--warmup-steps", "-1", "--data", "arith"], "--warmup-steps must be >= 0"),
+    (["sft", "--eval-every", "2", "--data", "arith"], "--eval-every needs --eval-data"),
+    (["sft", "--eval-data", "arith", "--eval-k", "1,8", "--eval-n", "4", "--data", "arith"], "--eval-k 8 is larger"),
+    (["rl", "--eval-data", "arith", "--eval-every", "0", "--data", "arith"], "--eval-every must be at least 1"),
+    (["sft", "--p-every", "0", "--data", "arith"], "--p-every must be at least 1"),
+    (["sft", "--p-estimate", "often", "--data", "arith"], "--p-estimate must be one of sequence, success"),
 ]
 
 
@@ -290,6 +295,13 @@ TRAIN_BAD = [
 def test_training_bad_flags(tmp_path, argv, fragment):
     out = tmp_path / "out"
     _assert_one_line(run_cli(*argv, "--out", str(out)), 2, fragment)
+    assert not out.exists()
+
+
+def test_evaluation_problems_that_cannot_load_stop_training_before_it_starts(tmp_path):
+    out = tmp_path / "out"
+    r = run_cli("sft", "--data", "arith", "--eval-data", str(tmp_path / "none.jsonl"), "--out", str(out))
+    _assert_one_line(r, 3, "does not exist")
     assert not out.exists()
 
 

@@ -196,3 +196,29 @@ def test_one_problem_has_no_standard_error_or_interval():
     e = estimate([0.7])
     assert (e.mean, e.se, e.ci, e.n_problems) == (0.7, None, None, 1)
     assert e.to_dict() == {"mean": 0.7, "se": None, "ci": None, "n_problems": 1}
+
+
+def test_hierarchical_difference_carries_the_spread_between_seeds():
+    import numpy as np
+
+    from catcli.estimators import hierarchical_difference, paired_difference
+
+    rng = np.random.default_rng(0)
+    problems = rng.uniform(0, 1, size=200)
+    a = np.stack([problems] * 3)  # the baseline: three identical seeds
+    b = np.stack([problems + shift for shift in (-0.10, 0.0, 0.16)])  # seeds that disagree by 26 points
+    h = hierarchical_difference(a, b, seed=1)
+    assert h.mean == pytest.approx(0.02)
+    flat = paired_difference(a.mean(0), b.mean(0), seed=1)  # problems only: every problem moved 0.02
+    assert flat.ci[1] - flat.ci[0] < 1e-9
+    # by brute force: each problem's difference is its seed's shift, so a replicate is the mean of 3
+    # seeds drawn with replacement; its 27 equally likely draws give the exact quantiles
+    import itertools
+
+    shifts = [-0.10, 0.0, 0.16]
+    means = [np.mean([shifts[i] for i in draw]) for draw in itertools.product(range(3), repeat=3)]
+    exact = np.percentile(means, [2.5, 97.5], method="inverted_cdf")
+    assert h.ci == pytest.approx(tuple(exact), abs=1e-9)
+    assert h.ci[1] - h.ci[0] > 0.2  # as wide as the seeds disagree
+    one = hierarchical_difference(a[:1], b[:1], seed=1)
+    assert one == paired_difference(a[0], b[0], seed=1)  # one seed: the paired bootstrap over problems

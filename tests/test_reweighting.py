@@ -161,3 +161,54 @@ def test_bad_input_is_one_line_and_an_exit_code(capsys, tmp_path, argv, code, me
     assert got == code and out == "", err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not (tmp_path / "w.png").exists()
+
+
+def test_constant_weight_is_found_when_every_weight_is_within_one_percent():
+    from catcli.reweighting import constant_weight
+
+    assert constant_weight([3.0, 2.99, 3.0], [3.0, 3.01, 3.005]) == pytest.approx((2.99 * 3.01) ** 0.5)
+    assert constant_weight([3.0, 2.9], [3.0, 3.0]) is None  # one step's batch reached 3 % below
+    assert constant_weight([1.0, 1.0], [1.0, 1.02]) is None  # within a batch the spread was 2 %
+    assert constant_weight([0.0], [0.0]) is None  # all zero: no step at all, not a rescaled CE
+    # brute force: constant iff the largest of all is within 1 % of the smallest of all
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lows = [rng.uniform(1.0, 1.02) for _ in range(4)]
+        highs = [lo * rng.uniform(1.0, 1.01) for lo in lows]
+        want = max(highs) <= 1.01 * min(lows)
+        assert (constant_weight(lows, highs) is not None) == want
+
+
+def test_sampled_estimates_are_laplace_rates_and_weights_follow_them():
+    from fractions import Fraction
+
+    import torch
+
+    from catcli import objectives
+
+    for m in (1, 4, 8):
+        for c in range(m + 1):
+            assert objectives.laplace_p(c, m) == float(Fraction(c + 1, m + 2))
+    s = parse_strategy("maj@16:k=4")
+    p = torch.tensor([objectives.laplace_p(c, 8) for c in range(9)], dtype=torch.float64)
+    w = objectives.w_sft(s, torch.log(p))
+    assert (w[:-1] > w[1:]).all()  # the harder the problem, the heavier its examples
+    assert w[0] / w[-1] > 2  # a spread the sequence estimate on long targets never has (all at k)
+
+
+def test_from_an_sft_run_with_sampled_estimates_uses_each_problems_estimate(capsys, tmp_path):
+    import json
+
+    from catcli.cli import main
+
+    run = tmp_path / "sft"
+    run.mkdir()
+    (run / "train_log.jsonl").write_text(json.dumps({"step": 1, "p_mean": 0.5}) + "\n")
+    estimates = {"step": 4, "m": 4, "correct": {"a": 0, "b": 4}, "p": {"a": 1 / 6, "b": 5 / 6}}
+    (run / "p_estimates.json").write_text(json.dumps(estimates))
+    assert main(["weights", "--from", str(run), "--strategy", "pass@4", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["unit"] == "problem" and out["count"] == 2 and "m = 4 answers sampled" in out["note"]
+    assert out["p"]["min"] == pytest.approx(1 / 6) and out["p"]["max"] == pytest.approx(5 / 6)

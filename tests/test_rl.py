@@ -285,18 +285,6 @@ def test_rl_cli_runs_and_writes_outputs(tmp_path, strategy, method):
     assert (out / "adapter" / "adapter_model.safetensors").exists()
 
 
-@pytest.fixture(scope="module")
-def boxing_adapter(tmp_path_factory):
-    """A few answer-only CE steps: enough for the embedded model to box its answers (it rarely does
-    untrained), so that graded rewards like closeness see answers to grade."""
-    out = tmp_path_factory.mktemp("warmup") / "sft"
-    r = run_cli("sft", "--model", "smollm2-135m", "--data", "arith", "--levels", "1", "--limit", "64",
-                "--max-steps", "12", "--batch-size", "8", "--grad-accum", "1", "--lr", "3e-4", "--no-load-in-4bit",
-                "--out", str(out))  # fmt: skip
-    assert r.returncode == 0, r.stderr[-3000:]
-    return out
-
-
 def test_rl_bon_with_closeness_reward_on_the_embedded_model(tmp_path, boxing_adapter):
     out = tmp_path / "rl"
     r = run_cli("rl", "--model", "smollm2-135m", "--init-adapter", str(boxing_adapter), "--no-load-in-4bit",
@@ -348,3 +336,33 @@ def test_rl_killed_after_a_checkpoint_resumes_from_it(tmp_path):
     assert state["global_step"] == 4
     steps = [json.loads(line)["step"] for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == 4  # continued, never logged a step twice
+
+
+WARM_RL = ["rl", "--model", "smollm2-135m", "--no-load-in-4bit", "--data", "arith", "--levels", "1",
+           "--num-generations", "8", "--prompts-per-step", "4", "--max-steps", "2"]  # fmt: skip
+
+
+def test_rl_success_p_gives_one_weight_per_prompt_that_differs_between_prompts(tmp_path, boxing_adapter):
+    out = tmp_path / "rl"
+    r = run_cli(*WARM_RL, "--init-adapter", str(boxing_adapter), "--strategy", "pass@8", "--form", "log",
+                "--p-estimate", "success", "--max-new-tokens", "16", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(len(row["prompt_weights"]) == 4 for row in log)  # one per prompt of the step
+    assert any(len({round(w, 9) for w in row["prompt_weights"]}) > 1 for row in log)  # they differ
+    assert "p_floor_share" not in log[0] and "constant" not in r.stderr
+
+
+def test_rl_sequence_p_on_long_rollouts_reports_the_floor(tmp_path, boxing_adapter):
+    out = tmp_path / "rl"
+    r = run_cli(*WARM_RL, "--init-adapter", str(boxing_adapter), "--strategy", "pass@8",
+                "--instruction", "Show your work, then put the answer within \\boxed{}.",
+                "--max-new-tokens", "64", "--out", str(out))  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = json.loads((out / "run.json").read_text())
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert all(0 <= row["p_floor_share"] <= 1 for row in log)
+    assert run["p_floor_share"] == pytest.approx(sum(row["p_floor_share"] for row in log) / len(log))
+    assert f"{100 * run['p_floor_share']:.0f} % of the rollouts' sequence p sat at its 1e-10 floor" in r.stderr
+    if run["constant_weight"] is not None:  # every rollout at the floor: weight N, a rescaled GRPO
+        assert "this run trained as GRPO with a" in r.stderr

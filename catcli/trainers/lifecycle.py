@@ -20,15 +20,16 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from catcli import config
 from catcli.backend import import_unsloth, quiet
-from catcli.config import TrainOptions
+from catcli.config import RLRunConfig, TrainOptions
 from catcli.errors import UsageError
 from catcli.models import adapter_lora, base_spec, load_model, resolve_model, save_adapter, save_merged, seed_everything
-from catcli.rundir import prepare_out, provenance, resume_checkpoint, write_json
+from catcli.rundir import EVAL_LOG, prepare_out, provenance, read_jsonl, resume_checkpoint, write_json
 
 PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
 
@@ -61,8 +62,10 @@ class TrainingSpec:
     settings: Callable[[Any], dict]  # cfg -> its own TRL arguments
     trainer_kwargs: Callable[[Any], dict]  # cfg -> its trainer's own constructor arguments
     load_kwargs: Callable[[Any], dict]  # cfg -> its own load_model arguments
-    log_row: Callable[[Any, dict, list], dict]  # (cfg, TRL's logs, the CAT window) -> train_log columns
+    log_row: Callable[[Any, Any, dict, list], dict]  # (cfg, trainer, TRL's logs, CAT window) -> train_log columns
     record: Callable[[Any, Any], dict]  # (cfg, trainer) -> run.json fields of its own
+    callbacks: Callable[..., list]  # (cfg, trainer, problems, out, resume_from, progress) -> its own callbacks
+    summary: Callable[[Any], str]  # cfg -> the line said before the run (its effective batch)
 
 
 def common_settings(cfg: TrainOptions, seed: int, progress: bool) -> dict:
@@ -306,15 +309,33 @@ def train_interruptibly(trainer, resume_from: Path | None) -> None:
 
 
 def run_training(spec: TrainingSpec, cfg: TrainOptions, progress: bool = True) -> dict:
-    """The whole run; writes OUT/adapter (OUT/merged with save_merged), train_log.jsonl and run.json."""
+    """The whole run; writes OUT/adapter (OUT/merged with save_merged), train_log.jsonl and run.json
+    (and eval_log.jsonl with --eval-data). Ends with a line on stderr when the CAT weights were the
+    same for every sequence of the run: then it trained as CE (or GRPO) with a rescaled step."""
+    from catcli.data import load_selection
+
     dataset, problems = spec.dataset(cfg)
+    held_apart = None
+    if cfg.eval_data:  # bad evaluation settings fail here too, before anything is written
+        held_apart = load_selection(
+            cfg.eval_data, cfg.eval_split, levels=cfg.eval_levels, limit=cfg.eval_limit, seed=cfg.eval_seed
+        )
     resolve_model(cfg.model)  # an unknown model fails here, before --out is touched
     if cfg.init_adapter:
         check_adapter_lora(cfg)
     out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
-    resume_from = resume_checkpoint(out) if cfg.resume else None
+    resume_from = resume_checkpoint(out, logs=("train_log.jsonl", EVAL_LOG)) if cfg.resume else None
+    print(spec.summary(cfg), file=sys.stderr)
     trainer = build_trainer(spec, cfg, dataset=dataset, progress=progress)
-    trainer.add_callback(_train_log(out / "train_log.jsonl", trainer, lambda logs, w: spec.log_row(cfg, logs, w)))
+    from catcli.trainers.callbacks import Evaluation  # after Unsloth, which build_trainer imports
+
+    row = partial(spec.log_row, cfg, trainer)
+    trainer.add_callback(_train_log(out / "train_log.jsonl", trainer, row))
+    for callback in spec.callbacks(cfg, trainer, problems, out, resume_from, progress):
+        trainer.add_callback(callback)
+    evaluation = Evaluation(trainer, cfg, held_apart, out, progress) if held_apart else None
+    if evaluation:
+        trainer.add_callback(evaluation)
     model_spec = cfg.init_adapter or cfg.model
     record = {
         "config": config.to_dict(cfg),
@@ -327,11 +348,48 @@ def run_training(spec: TrainingSpec, cfg: TrainOptions, progress: bool = True) -
     main = trainer.is_world_process_zero()
     if main:
         write_json(out / "run.json", record)
+    start = time.monotonic()
     train_interruptibly(trainer, resume_from)
     record["global_step"] = trainer.state.global_step
+    if evaluation:
+        record["eval_seconds"] = evaluation.seconds
+        record["train_seconds"] = time.monotonic() - start - evaluation.seconds
     if main:
         save_adapter(trainer.model, trainer.processing_class, out / "adapter", base_spec(model_spec))
         if cfg.save_merged:
             save_merged(out / "adapter", out / "merged")
+        record.update(_weights_report(cfg, out / "train_log.jsonl"))
         write_json(out / "run.json", record)
+        for line in record.get("notes", []):
+            print(f"catcli: {line}", file=sys.stderr)
     return record
+
+
+def _weights_report(cfg: TrainOptions, log: Path) -> dict:
+    """What the run's CAT weights were: whether they were constant over the whole run (then it
+    trained as CE or GRPO with a rescaled step), and for pass@N RL with sequence p the share of
+    rollouts whose p sat at its 1e-10 floor. The same facts as lines for stderr, in "notes"."""
+    from catcli.reweighting import constant_weight
+
+    if cfg.strategy.kind == "ce" or cfg.strategy.n == 1 or getattr(cfg, "method", "cat") != "cat":
+        return {}
+    rows = [r for r in read_jsonl(log) if r.get("weight_min") is not None] if log.exists() else []
+    if not rows:
+        return {}
+    w = constant_weight([r["weight_min"] for r in rows], [r["weight_max"] for r in rows])
+    report: dict = {"constant_weight": w, "notes": []}
+    floors = [r["p_floor_share"] for r in rows if r.get("p_floor_share") is not None]
+    if floors:
+        report["p_floor_share"] = sum(floors) / len(floors)
+        report["notes"].append(
+            f"{100 * report['p_floor_share']:.0f} % of the rollouts' sequence p sat at its 1e-10 floor, "
+            "where their weight no longer depends on p"
+        )
+    if w is not None:
+        baseline = "GRPO" if isinstance(cfg, RLRunConfig) else "CE"
+        hint = "; --p-estimate success estimates p from sampled answers" if cfg.p_estimate == "sequence" else ""
+        report["notes"].append(
+            f"CAT weights were constant (w = {w:.3g} at every step): this run trained as {baseline} with a "
+            f"{w:.3g}x step{hint}"
+        )
+    return report

@@ -210,8 +210,10 @@ def wrong_mode_count(gold: str, completions: list[str]) -> int:
     return max(wrong.values(), default=0)
 
 
-def _log_row(cfg: RLRunConfig, logs: dict, window: list) -> dict:
-    """Reward, zero-std groups, the advantages, and CAT's weights and dynamic k since the last line."""
+def _log_row(cfg: RLRunConfig, trainer, logs: dict, window: list) -> dict:
+    """Reward, zero-std groups, the advantages, and CAT's weights and dynamic k since the last line;
+    where the weight is one per prompt (maj@N, pass@N with success p), each prompt's; with sequence
+    p, the share of rollouts whose p sat at the floor."""
     import torch
 
     row = {
@@ -234,12 +236,15 @@ def _log_row(cfg: RLRunConfig, logs: dict, window: list) -> dict:
     w = torch.cat([x["w"] for x in weighted])
     ks = [k for x in weighted for k in (x["ks"] or ())]
     floors = [x["p_floor"] for x in weighted if "p_floor" in x]
+    per_prompt = cfg.strategy.kind == "maj" or cfg.p_estimate == "success"
+    m = cfg.num_generations
     return {
         **row,
         "weight_mean": w.mean().item(),
         "weight_min": w.min().item(),
         "weight_max": w.max().item(),
         "dynamic_k": ks or None,
+        **({"prompt_weights": w[::m].tolist()} if per_prompt else {}),
         **({"p_floor_share": sum(floors) / len(floors)} if floors else {}),
     }
 
@@ -308,6 +313,11 @@ SPEC = lifecycle.TrainingSpec(
     trainer_kwargs=_trainer_kwargs,
     load_kwargs=lambda cfg: dict(max_seq_length=cfg.max_seq_length, fast_inference=cfg.vllm),
     log_row=_log_row,
+    callbacks=lambda cfg, trainer, problems, out, resume_from, progress: [],
+    summary=lambda cfg: (
+        f"effective batch: {cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts per process; "
+        f"strategy {cfg.strategy} ({cfg.form}), method {cfg.method}, loss {cfg.loss_type}"
+    ),
     record=lambda cfg, trainer: {
         "method": cfg.method,
         "effective_batch": f"{cfg.prompts_per_step} prompts x {cfg.num_generations} rollouts "

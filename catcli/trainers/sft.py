@@ -9,6 +9,14 @@ Reduction over the whole accumulated batch, so gradient accumulation stays exact
   sequence   sum_i -log S(p_i) / #sequences     (answer targets; the paper's pass@N runs)
   token      sum_i -log S(p_i) / #target tokens  (solution targets; the paper's maj runs)
 
+`--p-estimate success` (cat-spec §2.1) takes p from answers sampled from the current policy
+instead: before training and every --p-every steps (default: each epoch) every training problem
+gets p = (c + 1)/(m + 2) from m graded answers (callbacks.PEstimates), and each example's loss is
+w_SFT(p) * NLL(target), w detached, with the same reductions. The gradient of -log S(p) is
+w_SFT(p) * grad(-log p), and grad log p is the expected grad log pi(y) over the correct answers
+y; SFT cannot take that expectation, so the gold target stands in for the set of correct
+answers. The sequence estimate is the special case where the gold string is the only one.
+
 `--hybrid` (cat-spec §5) swaps each sequence's -log p for its summed hybrid token loss
 0.5 CE_t + 0.5 pairwise_t (K = 4 rivals per position) and scales it by the detached w_SFT(p_i),
 so with `ce` it is exactly the paper's hybrid and with a strategy it is CAT-weighted the same
@@ -80,19 +88,39 @@ def _trainer_class():
             self.reduction = reduction
             self.hybrid = hybrid
             self.cat_window: list[tuple[torch.Tensor, torch.Tensor]] = []  # (w_SFT, log p) per micro-batch
+            # --p-estimate success: log p of each example's problem, keyed by the example's token ids
+            # (callbacks.PEstimates fills it); None: p is the target's own probability
+            self.success_log_p: dict[tuple[int, ...], float] | None = None
+            self.p_refresh: dict | None = None  # the last refresh, for the next train_log line
+
+        def _success_log_p(self, inputs):
+            """(B,) log p of each row's problem from the sampled estimates."""
+            ids, mask = inputs["input_ids"], inputs["attention_mask"].bool()
+            try:
+                values = [self.success_log_p[tuple(row[m].tolist())] for row, m in zip(ids, mask)]
+            except KeyError:
+                raise RuntimeError("a training batch row matches no training problem's tokens") from None
+            return torch.tensor(values, dtype=torch.float64, device=ids.device)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            # with sampled estimates p is the problem's, and the loss is w_SFT(p) NLL(target), w detached
+            success = self.success_log_p is not None
             if self.hybrid:
                 labels = inputs["labels"]
                 outputs = model(**{k: v for k, v in inputs.items() if k != "labels"}, use_cache=False)
                 hybrid, seq_log_p = hybrid_sequence_losses(outputs.logits, labels)
-                per_seq = objectives.w_sft(self.strategy, seq_log_p) * hybrid
+                log_p = self._success_log_p(inputs) if success else seq_log_p
+                per_seq = objectives.w_sft(self.strategy, log_p) * hybrid
                 label_count = (labels[:, 1:] != -100).sum()
             else:
                 outputs = model(**inputs, use_cache=False, fused_lm_head=True)
                 # float64 sum: a long solution's log p can reach -1e3 and must not lose its tail
                 seq_log_p = outputs.log_probs.to(torch.float64).sum(-1)
-                per_seq = objectives.sft_loss(self.strategy, seq_log_p)
+                log_p = self._success_log_p(inputs) if success else seq_log_p
+                if success:
+                    per_seq = objectives.w_sft(self.strategy, log_p) * -seq_log_p
+                else:
+                    per_seq = objectives.sft_loss(self.strategy, seq_log_p)
                 label_count = outputs.label_mask.sum()
             if self.reduction == "token":
                 n_tokens = label_count if num_items_in_batch is None else num_items_in_batch
@@ -104,27 +132,33 @@ def _trainer_class():
                 steps = self.current_gradient_accumulation_steps if num_items_in_batch is not None else 1
                 loss = per_seq.sum() / (per_seq.numel() * steps)
             if model.training:
-                self.cat_window.append((objectives.w_sft(self.strategy, seq_log_p), seq_log_p.detach()))
+                self.cat_window.append((objectives.w_sft(self.strategy, log_p), log_p.detach()))
             loss = loss.to(torch.float32)
             return (loss, outputs) if return_outputs else loss
 
     return CATSFTTrainer
 
 
-def _log_row(cfg: SFTRunConfig, logs: dict, window: list) -> dict:
-    """loss is in the line already; add the CAT weights and mean sequence p since the last line."""
+def _log_row(cfg: SFTRunConfig, trainer, logs: dict, window: list) -> dict:
+    """loss is in the line already; add the CAT weights (their spread within the step's batch) and
+    the mean p since the last line, and the last refresh of sampled estimates, if one came since."""
     import torch
 
+    refresh, trainer.p_refresh = trainer.p_refresh, None
     if not window:
-        return {}
+        return refresh or {}
     w = torch.cat([w for w, _ in window])
     p = torch.cat([lp for _, lp in window]).exp()
+    q10, q90 = torch.quantile(w, torch.tensor([0.1, 0.9], dtype=w.dtype)).tolist()
     return {
         "weight_mean": w.mean().item(),
         "weight_min": w.min().item(),
         "weight_max": w.max().item(),
+        "weight_p10": q10,
+        "weight_p90": q90,
         "p_mean": p.mean().item(),
         "lr": logs.get("learning_rate"),
+        **(refresh or {}),
     }
 
 
@@ -143,6 +177,14 @@ def _dataset(cfg: SFTRunConfig):
         for p in problems
     ]
     return Dataset.from_list(rows), problems
+
+
+def _callbacks(cfg: SFTRunConfig, trainer, problems, out, resume_from, progress: bool) -> list:
+    if cfg.p_estimate != "success":
+        return []
+    from catcli.trainers.callbacks import PEstimates
+
+    return [PEstimates(trainer, cfg, problems, out, resume_from, progress)]
 
 
 def _settings(cfg: SFTRunConfig) -> dict:
@@ -171,6 +213,11 @@ SPEC = lifecycle.TrainingSpec(
     record=lambda cfg, trainer: {
         "effective_batch": cfg.batch_size * cfg.grad_accum * trainer.accelerator.num_processes
     },
+    callbacks=_callbacks,
+    summary=lambda cfg: (
+        f"effective batch: {cfg.batch_size} x {cfg.grad_accum} accumulation per process; "
+        f"strategy {cfg.strategy}, {cfg.target} targets, {cfg.reduction} reduction, p from {cfg.p_estimate}"
+    ),
 )
 
 

@@ -4,12 +4,14 @@ Two stages, each `catcli eval` in a subprocess writing OUT/<stage>, skipped when
 resumed when interrupted, so a stopped run loses nothing:
   speed_4bit, speed_16bit   the same 4 problems x 2 samples x 128 tokens in 4-bit and in 16-bit,
                             to pick the faster one on this machine
-  card                      --limit problems (seeded) x 8 samples, k = 1,2,4,8, 512 new tokens,
-                            temperature 0.8, in the faster mode
+  card                      --limit problems (seeded) x 8 samples, k = 1,2,4,8, --max-new-tokens
+                            (1,024: at 512 about 4 in 10 of this model's answers were cut off
+                            before they boxed one), temperature 0.8, in the faster mode
 Prints one JSON object: pass@k and maj@k with CIs overall and per level, the boxed-answer rate,
-wall time and samples/s of each stage (OUT/walls keeps it for reruns; the time of a killed
-invocation is not counted). The train split may be in the model's pretraining data: this is a
-card for the pipeline, not a contamination-free score.
+the share of samples cut at the cap and their mean length, wall time and samples/s of each stage
+(OUT/walls keeps it for reruns; the time of a killed invocation is not counted). The train split
+may be in the model's pretraining data: this is a card for the pipeline, not a contamination-free
+score.
 
     python bench/math_baseline.py [--quick] [--out runs/math_baseline] [--limit 48]
 """
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="the embedded model on arith, a few tokens (CI smoke)")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--limit", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
     args = ap.parse_args()
     if args.quick:
         model, data = "smollm2-135m", ["--data", "arith", "--levels", "1-3"]
@@ -60,7 +63,7 @@ def main() -> None:
             sys.exit(f"math_baseline: needs {MATH}")
         model, data = "qwen2.5-coder-1.5b", ["--data", str(MATH), "--levels", "1-3"]
         out = args.out or Path("runs/math_baseline")
-        card = ["--limit", str(args.limit), "--n", "8", "--k", "1,2,4,8", "--max-new-tokens", "512"]
+        card = ["--limit", str(args.limit), "--n", "8", "--k", "1,2,4,8", "--max-new-tokens", str(args.max_new_tokens)]
         card += ["--batch-size", "8"]
         speed = SPEED
     common = ["--model", model, *data, "--temperature", "0.8", "--seed", "0"]
@@ -83,6 +86,7 @@ def main() -> None:
         "wall_s": wall,
         "samples_per_s": summary["samples"] / wall,
         "boxed_rate": summary["boxed_rate"],
+        "lengths": metrics.get("lengths"),
         "n_problems": metrics["n_problems"],
         "metrics": metrics["metrics"],
         "levels": metrics["levels"],

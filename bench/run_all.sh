@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # make bench: every benchmark in full mode, one JSON object each, saved under bench/results/,
-# and the plots copied to docs/. On 2 CPU cores: about 90 minutes for the first six, 2½ hours
-# for claim (issue 15's evidence), an hour or more for math_baseline (needs `make qwen`);
+# and the plots copied to docs/. On 2 CPU cores: about 90 minutes for the first six, many hours
+# for claim (issues 15 and 25: three parts over 3-5 seeds), an hour or more for math_baseline
+# (needs `make qwen`);
 # grading and math_baseline read ../shared/data/math and are skipped with a line without it.
 # Each resumes where a stopped run left off. With --quick they only smoke-test (what CI does
 # through tests/test_bench.py) and save nothing, so quick figures never replace measured ones.
@@ -30,5 +31,6 @@ if ! $quick; then
     cp runs/cat_vs_ce/curves.png docs/cat_vs_ce.png
     cp runs/claim/sft_curves.png docs/claim_sft.png
     cp runs/claim/rl_curves.png docs/claim_rl.png
+    cp runs/claim/solution_curves.png docs/claim_solution.png
     [ ! -e runs/math_baseline/card/curves.png ] || cp runs/math_baseline/card/curves.png docs/math_baseline.png
 fi

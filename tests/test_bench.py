@@ -71,31 +71,46 @@ def test_cat_vs_ce_quick_runs_every_stage_and_compares_against_ce(tmp_path):
 
 @pytest.mark.slow
 def test_claim_quick_pools_seeds_against_each_baseline_and_resumes(tmp_path):
-    args = ("--out", str(tmp_path), "--seeds", "0,1", "--arms", "pass@16,pkpo_pass@8")
+    arms = "pass@16,pkpo_pass@4,maj@16:k=4_success"
+    args = ("--out", str(tmp_path), "--seeds", "0,1", "--arms", arms)
     result = _run_quick("claim.py", *args)
-    sft, rl = result["sft"], result["rl"]
-    assert set(sft["pooled"]) == {"ce", "pass@16"} and set(rl["pooled"]) == {"grpo", "pkpo_pass@8"}
-    for part, base, arm in ((sft, "ce", "pass@16"), (rl, "grpo", "pkpo_pass@8")):
+    sft, rl, solution = result["sft"], result["rl"], result["solution"]
+    assert set(sft["pooled"]) == {"ce", "pass@16"} and set(rl["pooled"]) == {"grpo", "pkpo_pass@4"}
+    assert set(solution["pooled"]) == {"ce", "maj@16:k=4_success"}
+    for part, base, arm in (
+        (sft, "ce", "pass@16"),
+        (rl, "grpo", "pkpo_pass@4"),
+        (solution, "ce", "maj@16:k=4_success"),
+    ):
         assert part["pooled"][arm]["n_runs"] == 2
         assert [r["seed"] for r in part["per_seed"][arm]] == [0, 1]
         diff = part[f"vs_{base}"][arm]
-        assert diff["n_shared"] == 4 and "pass@8" in diff["diff"]
+        assert diff["n_shared"] == 4 and diff["n_runs"] == 2 and "pass@8" in diff["diff"]
         # pooled = the mean over seeds of each seed's own metric (same problems in every seed)
         seed_means = [r["metrics"]["pass@8"] for r in part["per_seed"][arm]]
         assert part["pooled"][arm]["metrics"]["pass@8"]["mean"] == pytest.approx(sum(seed_means) / 2)
+        assert diff["diff"]["pass@8"]["ci"][0] <= diff["diff"]["pass@8"]["mean"] <= diff["diff"]["pass@8"]["ci"][1]
     assert sft["weights_seed0"]["pass@16"]["unit"] == "step"
     assert [r["branch_steps"] for r in sft["ce_over_steps"]] == [0, 0]
-    assert all((tmp_path / f).stat().st_size > 0 for f in ("sft_curves.png", "rl_curves.png", "ce_over_steps.png"))
+    assert set(rl["pilot"]["checks"]) and rl["pilot"]["in_regime"] == all(rl["pilot"]["checks"].values())
+    assert len(solution["constant_weight"]["maj@16:k=4_success"]) == 2
+    pngs = ("sft_curves.png", "rl_curves.png", "ce_over_steps.png", "solution_curves.png")
+    assert all((tmp_path / f).stat().st_size > 0 for f in pngs)
     assert json.loads((tmp_path / "claim.json").read_text()) == result
-    # 2 warm-ups, 2 warm-up evals, 2 parts x 2 arms x 2 seeds x (train + eval)
-    assert len(result["stage_walls_s"]) == 20
-    # a second run finds every stage done: nothing is retrained or re-evaluated
+    # 3 warm-ups, 3 warm-up evals, 3 parts x 2 arms x 2 seeds x (train + eval)
+    assert len(result["stage_walls_s"]) == 30
+    # a second run finds every stage done: nothing is retrained or re-evaluated; a run of one part
+    # keeps the others' results in claim.json
     done = [*tmp_path.glob("*/*/adapter/adapter_model.safetensors"), *tmp_path.glob("*/eval_*/eval.json")]
     stamps = {p: p.stat().st_mtime_ns for p in done}
-    assert len(stamps) == 20
-    again = _run_quick("claim.py", *args)
+    assert len(stamps) == 30
+    again = _run_quick("claim.py", *args, "--parts", "rl")
     assert {p: p.stat().st_mtime_ns for p in done} == stamps
-    assert again["stage_walls_s"] == result["stage_walls_s"] and again["sft"]["pooled"] == sft["pooled"]
+    assert (
+        again["stage_walls_s"] == result["stage_walls_s"]
+        and again["sft"] == sft
+        and again["rl"]["pooled"] == rl["pooled"]
+    )
 
 
 def _run_quick(script: str, *args: str) -> dict:

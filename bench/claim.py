@@ -46,7 +46,7 @@ from catcli.rundir import read_jsonl, write_atomic
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 SFT_RECIPE, RL_RECIPE = RECIPES / "claim_sft.toml", RECIPES / "claim_rl.toml"
 SOLUTION_RECIPE = RECIPES / "claim_sft_solution.toml"
-SOLUTION_STEPS = 200
+SOLUTION_STEPS = 100
 SOLUTION_ARMS = {
     "ce": ["--strategy", "ce"],
     "maj@16:k=4_sequence": ["--strategy", "maj@16:k=4", "--p-estimate", "sequence"],

@@ -1,6 +1,7 @@
 """The path users train on: the real CLI on a CUDA GPU, where Unsloth rewrites TRL's trainers.
 
-Skipped without a GPU (conftest). `make test-gpu` runs these and the GPU benchmarks. The model
+Skipped without a GPU (conftest). `make gpu-check` runs these and the GPU benchmarks in parts
+that fit one GPU lease (bench/gpu_check.py). The model
 is a random-init Qwen2 built from a config with the tokenizer in tests/fixtures, so a GPU
 machine needs neither the embedded GGUF nor a download. Each test asserts what its CPU twin
 does, plus the arguments the trainer resolved (read back after Unsloth's rewrite).
@@ -112,6 +113,30 @@ def test_rollout_log_probs_on_gpu_match_each_rollout_scored_alone(qwen2):
             logits = model(input_ids=torch.cat([p, c]).unsqueeze(0).to(dev)).logits[0, :-1].float() / 0.8
         want = torch.log_softmax(logits, -1)[-len(c) :].gather(-1, c.to(dev).unsqueeze(-1)).sum().double().cpu()
         torch.testing.assert_close(got[i], want, rtol=2e-2, atol=2e-2)  # bf16 forward
+
+
+def test_eval_sampler_on_gpu_equals_plain_generate(qwen2):
+    """catcli's decoding loop on Unsloth's inference path against `generate` on each prompt alone:
+    greedy, on a head sharpened so each argmax wins by a wide margin (a tie broken differently by
+    another kernel would not be a bug), for prompts of different lengths (left padding)."""
+    import torch
+    from unsloth import FastLanguageModel
+
+    from catcli.models import load_model
+    from catcli.samples import SamplingSettings, sample_completions
+
+    model, tok = load_model(qwen2, load_in_4bit=False)
+    FastLanguageModel.for_inference(model)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(8)
+    prompts = ["Problem:\nWhat is $12 + 7$?", "Problem:\nWhat is $3 \\times 41$? Think step by step, then answer."]
+    ours = sample_completions(model, tok, prompts, SamplingSettings(n=2, temperature=0.0, max_new_tokens=12), seed=0)
+    for prompt, completions in zip(prompts, ours):
+        enc = tok([prompt], return_tensors="pt", add_special_tokens=False).to(model.device)
+        with torch.inference_mode():
+            out = model.generate(**enc, do_sample=False, max_new_tokens=12, pad_token_id=tok.pad_token_id)
+        want = tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert [c.text for c in completions] == [want, want]
 
 
 @pytest.mark.parametrize("backend", ["hf", "vllm"])

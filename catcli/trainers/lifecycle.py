@@ -36,6 +36,7 @@ PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference"
 # Every private TRL hook catcli overrides, with its signature, and what catcli reads from it.
 TRL_CONTRACT = {
     "SFTTrainer": {
+        # its forward through TRL's fused LM head (fused_lm_head=True) gives log_probs and label_mask
         "compute_loss": ("self", "model", "inputs", "return_outputs", "num_items_in_batch"),
     },
     "GRPOTrainer": {
@@ -45,11 +46,8 @@ TRL_CONTRACT = {
         "_generate_and_score_completions": ("self", "inputs"),
     },
 }
-# keys of _generate_and_score_completions' output catcli reads (the last two only when TRL kept them)
+# keys of _generate_and_score_completions' output catcli reads, and old_per_token_logps when TRL kept it
 GRPO_OUTPUT_KEYS = ("advantages", "prompt_ids", "prompt_mask", "completion_ids", "completion_mask")
-GRPO_OPTIONAL_OUTPUT_KEYS = ("old_per_token_logps", "sampling_per_token_logps")
-# what SFT's forward with TRL's fused LM head returns, per target token
-FUSED_HEAD_OUTPUTS = ("log_probs", "label_mask")
 
 
 @dataclass(frozen=True)

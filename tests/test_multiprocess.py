@@ -66,10 +66,15 @@ def test_eval_on_two_processes_equals_one(tmp_path):
     assert not list((tmp_path / "two").glob("samples.part*"))
 
 
-def test_sft_on_two_processes_writes_once(tmp_path):
+def test_sft_on_two_processes_writes_once_and_evaluates_as_eval_shards(tmp_path):
+    recipe = tmp_path / "eval.toml"  # torchrun would take --eval-n for one of its own flags
+    recipe.write_text('[sft]\neval_data = "arith"\neval_limit = 6\neval_n = 2\neval_k = [1, 2]\n'
+                      "eval_max_new_tokens = 8\neval_batch_size = 2\n")  # fmt: skip
     out = tmp_path / "sft"
     r = launch2(
         "sft",
+        "--recipe",
+        str(recipe),
         "--model",
         "smollm2-135m",
         "--data",
@@ -90,3 +95,9 @@ def test_sft_on_two_processes_writes_once(tmp_path):
     run = json.loads((out / "run.json").read_text())
     assert run["global_step"] == 2 and run["effective_batch"] == 2  # 1 sequence x 1 accumulation x 2 processes
     assert (out / "adapter" / "adapter_model.safetensors").exists()
+    # the final evaluation, its 3 chunks sampled by two processes and gathered, is one process's eval
+    (row,) = [json.loads(line) for line in (out / "eval_log.jsonl").read_text().splitlines()]
+    ev = run_cli("eval", "--model", str(out), "--data", "arith", "--limit", "6", "--n", "2", "--k", "1,2",
+                 "--max-new-tokens", "8", "--batch-size", "2", "--out", str(tmp_path / "eval"), "--json")  # fmt: skip
+    assert ev.returncode == 0, ev.stderr[-3000:]
+    assert row["step"] == 2 and row["metrics"] == json.loads(ev.stdout)["metrics"]

@@ -83,7 +83,7 @@ QUICK = {
         "1",
         "--p-samples",
         "2",
-        "--eval-max-new-tokens",
+        "--p-max-new-tokens",
         "8",
     ],
     "rl": ["--prompts-per-step", "2", "--max-steps", "1", "--save-steps", "1"],

@@ -97,6 +97,8 @@ def _option(f: dataclasses.Field, hint) -> inspect.Parameter:
     text = f.metadata["help"] + (f" [default: {shown}]" if shown else "")
     flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
     base = _flag_type(hint, f.metadata["repeat"])
+    if base is bool and "/" not in flag:  # a recipe's `true` can be turned off from the command line
+        flag = f"{flag}/--no-{flag[2:]}"
     annotation = Annotated[Optional[base], typer.Option(flag, help=text)]
     return inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
 

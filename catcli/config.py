@@ -312,12 +312,17 @@ class SFTRunConfig(TrainOptions):
     p_estimate: Literal["sequence", "success"] = option(
         "sequence",
         "p behind the weights: sequence (the target's probability, the paper's) | success (the problem's "
-        "Laplace success rate over answers sampled from the current policy, as --eval-* sample).",
+        "Laplace success rate over answers sampled from the current policy, as --p-temperature etc. say).",
     )
     p_samples: int = option(8, "With --p-estimate success: answers sampled per training problem at each refresh.")
     p_every: int | None = option(
         None, "With --p-estimate success: refresh the estimates every this many optimizer steps.", shown="once an epoch"
     )
+    # how those answers are sampled: eval's defaults, so p is the chance that one eval sample is right
+    p_temperature: float = option(0.8, "With --p-estimate success: the answers' sampling temperature.")
+    p_top_p: float = option(0.95, "With --p-estimate success: the answers' top-p.")
+    p_max_new_tokens: int = option(512, "With --p-estimate success: tokens per answer at most.")
+    p_batch_size: int = option(16, "With --p-estimate success: problems per chunk of answers.")
     out: Path = option(Path("runs/sft"), "Output directory.")
 
     def __post_init__(self) -> None:
@@ -329,6 +334,11 @@ class SFTRunConfig(TrainOptions):
     def check(self) -> None:
         super().check()
         _at_least(self, ("batch_size", "grad_accum", "max_length", "max_steps", "p_samples", "p_every"), 1)
+        _at_least(self, ("p_max_new_tokens", "p_batch_size"), 1)
+        if not self.p_temperature > 0 or not 0 < self.p_top_p <= 1:
+            raise UsageError(
+                "--p-temperature must be positive (greedy answers would all be one) and --p-top-p in (0, 1]"
+            )
         if not self.epochs > 0:
             raise UsageError(f"--epochs must be positive, got {self.epochs}")
 
@@ -503,6 +513,8 @@ def _check_type(value, hint, key: str):
 def _value(f: dataclasses.Field, hint, value, key: str):
     """A recipe's or a flag's value as the field's type: its text parsed, then type-checked."""
     parse = f.metadata.get("parse")
+    if parse is not None and isinstance(value, list):  # a recipe's list gets the text's checks
+        value = ",".join(map(str, value))
     if parse is not None and isinstance(value, str):
         value = parse(value)
     return _check_type(value, hint, key)

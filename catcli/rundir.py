@@ -119,14 +119,13 @@ def drop_torn_tail(path: Path) -> None:
 def resume_checkpoint(out: Path, logs: tuple[str, ...] = ("train_log.jsonl",)) -> Path | None:
     """The last complete Trainer checkpoint under OUT/checkpoints, or None.
 
-    Rows of the OUT/`logs` (JSONL with a "step") past that checkpoint's step are dropped: the
-    resumed run logs those steps again.
+    Rows of the OUT/`logs` (JSONL with a "step") past that checkpoint's step (past step 0 when there
+    is none) are dropped: the resumed run logs those steps again.
     """
     done = [p for p in (out / "checkpoints").glob("checkpoint-*") if (p / "trainer_state.json").exists()]
-    if not done:
-        return None
-    last = max(done, key=lambda p: int(p.name.split("-")[-1]))
-    step = json.loads((last / "trainer_state.json").read_text())["global_step"]
+    last = max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+    # no checkpoint: the run starts again from step 0, and so do its logs
+    step = json.loads((last / "trainer_state.json").read_text())["global_step"] if last else 0
     for name in logs:
         log = out / name
         if log.exists():

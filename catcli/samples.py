@@ -97,11 +97,15 @@ def nucleus(logits, temperature: float, top_p: float):
 
 
 def _inverse_cdf(weights, uniforms):
-    """Per row, the index whose cumulative weight first passes u x the row's total; (B, m) -> (B,)."""
+    """Per row, the index whose cumulative weight first passes u x the row's total; (B, m) -> (B,).
+
+    In float64: in float32 a u within 3e-8 of 1 would round the target up to the total and pick
+    the last entry, whatever its weight.
+    """
     import torch
 
-    cdf = weights.cumsum(-1)
-    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(-1)
+    cdf = weights.double().cumsum(-1)
+    target = (uniforms.double() * cdf[:, -1]).unsqueeze(-1)
     return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=weights.shape[-1] - 1)
 
 

@@ -3,7 +3,7 @@
 # cat-spec §2.1), from the paper's CE warm-up (recipes/sft_maj.toml): `--p-estimate sequence` (the
 # paper's: a solution's probability is ~0, so every weight is k = 4 and the run says it trained as
 # CE with a 4x step) and `--p-estimate success` (each problem's success rate over 8 answers
-# sampled from the current policy each epoch, as recipes/sft_maj_p.toml's eval_* keys sample
+# sampled from the current policy each epoch, as recipes/sft_maj_p.toml's p_* keys sample
 # them), each evaluated and compared with CE on MATH-500 L1-3. GPU and MATH as sft_maj.sh; shares
 # its warm-up and CE branch when OUT is the same.
 set -euo pipefail

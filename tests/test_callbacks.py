@@ -62,6 +62,10 @@ def test_training_evaluates_along_the_way_and_its_last_row_is_what_eval_gives(re
     assert set(rows[0]["metrics"]) == {f"{m}@{k}" for m in ("pass", "maj") for k in (1, 2, 4)}
     record = json.loads((run / "run.json").read_text())
     assert record["eval_seconds"] > 0 and record["train_seconds"] > 0  # evaluation timed apart from training
+    # an evaluation's log line leaves the step's own line whole (TRL's GRPO log would take its reward)
+    assert all(
+        row["loss"] is not None and row.get("reward_mean", 0) is not None for row in _rows(run / "train_log.jsonl")
+    )
     r = run_cli("eval", "--model", str(run), *SAME_AS_EVAL, "--out", str(tmp_path / "eval"), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["metrics"] == rows[-1]["metrics"]
@@ -89,7 +93,8 @@ def test_a_killed_run_resumes_to_the_estimates_weights_and_rows_of_an_uninterrup
     checkpoint at step 2, the resumed run refreshes and evaluates at steps 4 and 6 exactly as the
     uninterrupted one does, and keeps its step-2 row without evaluating it again."""
     args = [*SFT, "--limit", "8", "--max-steps", "6", "--save-steps", "2", "--strategy", "pass@4",
-            "--p-estimate", "success", "--p-samples", "4", "--p-every", "2", *EVAL, "--eval-every", "2"]  # fmt: skip
+            "--p-estimate", "success", "--p-samples", "4", "--p-every", "2", "--p-max-new-tokens", "16",
+            *EVAL, "--eval-every", "2"]  # fmt: skip
     whole = tmp_path / "whole"
     r = run_cli(*args, "--out", str(whole))
     assert r.returncode == 0, r.stderr[-3000:]
@@ -107,6 +112,8 @@ def test_a_killed_run_resumes_to_the_estimates_weights_and_rows_of_an_uninterrup
 
     assert json.loads((out / "p_estimates.json").read_text()) == json.loads((whole / "p_estimates.json").read_text())
     assert json.loads((out / "p_estimates.json").read_text())["step"] == 4  # refreshed after the resume
+    saved = json.loads((out / "checkpoints" / "checkpoint-6" / "p_estimates.json").read_text())
+    assert saved == json.loads((out / "p_estimates.json").read_text())  # what it trained with, whole
     weights = [
         {k: row[k] for k in ("step", "weight_mean", "weight_min", "weight_max")}
         for row in _rows(whole / "train_log.jsonl")
@@ -129,7 +136,7 @@ def test_sampled_estimates_spread_the_weights_that_the_sequence_estimate_leaves_
     assert json.loads((tmp_path / "sequence" / "run.json").read_text())["constant_weight"] == pytest.approx(4, rel=1e-2)
 
     out = tmp_path / "success"
-    r = run_cli(*args, "--p-estimate", "success", "--p-samples", "8", "--eval-max-new-tokens", "16", "--out", str(out))
+    r = run_cli(*args, "--p-estimate", "success", "--p-samples", "8", "--p-max-new-tokens", "16", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "CAT weights were constant" not in r.stderr
     log = _rows(out / "train_log.jsonl")

@@ -287,6 +287,7 @@ TRAIN_BAD = [
     (["sft", "--eval-data", "arith", "--eval-k", "1,8", "--eval-n", "4", "--data", "arith"], "--eval-k 8 is larger"),
     (["rl", "--eval-data", "arith", "--eval-every", "0", "--data", "arith"], "--eval-every must be at least 1"),
     (["sft", "--p-every", "0", "--data", "arith"], "--p-every must be at least 1"),
+    (["sft", "--p-temperature", "0", "--data", "arith"], "--p-temperature must be positive"),
     (["sft", "--p-estimate", "often", "--data", "arith"], "--p-estimate must be one of sequence, success"),
 ]
 
@@ -351,3 +352,25 @@ def test_help_shows_every_option_with_its_dataclass_default(capsys, command):
                 got = type(want)(text) if not isinstance(want, str) else text
                 want = squash(want) if isinstance(want, str) else want
             assert got == want, f"{flag}: help says {text}, the field says {f.default}"
+
+
+def test_a_recipes_true_can_be_turned_off_and_its_k_list_is_checked_as_typed(capsys, tmp_path):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[sft]\nhybrid = true\nsave_merged = true\neval_data = "arith"\neval_k = [4, 1]\n')
+    assert main(["sft", "--recipe", str(recipe), "--no-hybrid", "--dry-run"]) == 0
+    cfg = json.loads(capsys.readouterr().out)["sft"]
+    assert cfg["hybrid"] is False and cfg["save_merged"] is True and cfg["eval_k"] == [1, 4]
+    recipe.write_text("[eval]\nk = [1, 4, 4]\n")
+    code, _, err = call(capsys, "eval", "--recipe", str(recipe))
+    assert code == 2 and "a k is repeated" in err
+
+
+def test_a_resumed_training_run_must_keep_its_settings(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    config = {"strategy": "pass@4", "data": "arith", "max_steps": 2}
+    (out / "run.json").write_text(json.dumps({"config": config}))
+    args = ("sft", "--data", "arith", "--out", str(out), "--resume")
+    r = run_cli(*args, "--strategy", "maj@4")
+    _assert_one_line(r, 2, "--resume of")
+    assert "different strategy" in r.stderr and json.loads((out / "run.json").read_text()) == {"config": config}

@@ -212,6 +212,11 @@ def test_pinned_settings_undo_unsloths_overrides(tmp_path):
     torch.testing.assert_close(out["advantages"].double(), _vanilla(pattern), rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="per_device_train_batch_size"):
         pin_settings(trainer, {"per_device_train_batch_size": 3})  # not pinnable: refused, never silently kept
+    # a temperature rewritten after construction: the sampling config TRL built from it follows the pin
+    trainer.args.temperature = trainer.temperature = 0.3
+    pin_settings(trainer, {"temperature": 0.8})
+    assert trainer.temperature == trainer.generation_config.temperature == 0.8
+    assert trainer.generation_kwargs["temperature"] == 0.8
 
 
 def test_bon_ranks_correctness_plus_the_extra_reward_so_wrong_rollouts_are_spread(tmp_path):

@@ -53,6 +53,14 @@ def test_draw_tokens_draws_exactly_the_nucleus(scale, vocab, top_p, nucleus_size
     torch.testing.assert_close(freq, exact, rtol=0, atol=2 / 20000)
 
 
+def test_a_uniform_next_to_one_never_picks_a_token_without_weight():
+    # in float32 a u within 3e-8 of 1 rounded the target up to the total: the last, zero-weight entry
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2, 0.0, 0.0]]))
+    for u in (1 - 1e-9, 1 - 2**-25, 1 - 2**-53):
+        for top_p in (1.0, 0.99):  # the whole vocabulary in order, and a top-k selection
+            assert draw_tokens(logits, 1.0, top_p, torch.tensor([u], dtype=torch.float64)).item() == 2
+
+
 def test_greedy_is_the_argmax():
     logits = torch.tensor([[0.1, 3.0, 2.9], [5.0, -1.0, 4.0]])
     assert draw_tokens(logits, 0.0, 0.95, torch.rand(2)).tolist() == [1, 0]

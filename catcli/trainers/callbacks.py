@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from transformers import TrainerCallback
+from transformers import Trainer, TrainerCallback
 
 from catcli import objectives
 from catcli.curves import summarise
@@ -88,7 +88,8 @@ class PEstimates(TrainerCallback):
     """The success-rate estimate of each training problem's p, refreshed during training (cat-spec §2.1).
 
     Before training (unless a resumed checkpoint holds estimates) and every `every` optimizer
-    steps, m answers to every training problem are sampled from the current policy and graded, and
+    steps, m answers to every training problem are sampled from the current policy (as the p_*
+    sampling settings say) and graded, and
     the trainer weights each example by w_SFT(p) of its problem, p = (c + 1)/(m + 2). The trainer
     finds a batch row's problem by its token ids (`trainer.success_log_p`, keyed by them).
     """
@@ -96,16 +97,21 @@ class PEstimates(TrainerCallback):
     def __init__(self, trainer, cfg, problems, out: Path, resume_from: Path | None, progress: bool):
         self.trainer, self.cfg, self.problems, self.out, self.progress = trainer, cfg, problems, out, progress
         self.settings = SamplingSettings(
-            cfg.p_samples, cfg.eval_temperature, cfg.eval_top_p, cfg.eval_max_new_tokens, cfg.eval_batch_size
+            cfg.p_samples, cfg.p_temperature, cfg.p_top_p, cfg.p_max_new_tokens, cfg.p_batch_size
         )
         rows = trainer.train_dataset["input_ids"]
         if len(rows) != len(problems):
-            raise RuntimeError(f"{len(rows)} tokenized training examples for {len(problems)} problems")
+            raise RuntimeError(
+                f"{len(rows)} tokenized training examples for {len(problems)} problems: TRL drops an example whose "
+                "target starts past --max-length, and --p-estimate success needs every problem's; raise --max-length"
+            )
         self.keys = [tuple(r) for r in rows]  # the trainer keeps the problems' order
         self.p: dict[str, float] | None = None
-        saved = resume_from / P_ESTIMATES if resume_from else None
-        if saved is not None and saved.exists():
-            self._use(json.loads(saved.read_text())["p"])
+        self.saved: dict | None = None
+        path = resume_from / P_ESTIMATES if resume_from else None
+        if path is not None and path.exists():
+            self.saved = json.loads(path.read_text())
+            self._use(self.saved["p"])
         self.every = cfg.p_every
 
     def _use(self, p: dict[str, float]) -> None:
@@ -124,6 +130,7 @@ class PEstimates(TrainerCallback):
         }
         m = self.cfg.p_samples
         self._use({pid: float(objectives.laplace_p(c, m)) for pid, c in correct.items()})
+        self.saved = {"step": step, "m": m, "correct": correct, "p": self.p}
         ps = sorted(self.p.values())
         self.trainer.p_refresh = {
             "p_refresh_step": step,
@@ -132,7 +139,7 @@ class PEstimates(TrainerCallback):
             "p_refresh_quantiles": [ps[int(q * (len(ps) - 1))] for q in (0.0, 0.1, 0.5, 0.9, 1.0)],
         }
         if self.trainer.is_world_process_zero():
-            write_json(self.out / P_ESTIMATES, {"step": step, "m": m, "correct": correct, "p": self.p})
+            write_json(self.out / P_ESTIMATES, self.saved)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.every is None:  # once an epoch
@@ -147,8 +154,8 @@ class PEstimates(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if state.is_world_process_zero and checkpoint.is_dir() and self.p is not None:
-            write_json(checkpoint / P_ESTIMATES, {"step": state.global_step, "p": self.p})
+        if state.is_world_process_zero and checkpoint.is_dir() and self.saved is not None:
+            write_json(checkpoint / P_ESTIMATES, self.saved)  # the estimates it trained with
 
 
 class Evaluation(TrainerCallback):
@@ -190,7 +197,9 @@ class Evaluation(TrainerCallback):
         samples.write_text("".join(json.dumps(r) + "\n" for r in records))
         row = {"step": step, **summary, "samples": len(records) * self.settings.n, "seconds": seconds}
         append_jsonl(self.out / EVAL_LOG, [row])
-        trainer.log({f"eval_{m}": e["mean"] for m, e in summary["metrics"].items()})
+        # transformers' own log: TRL's GRPOTrainer.log would fold in and clear the step's training
+        # metrics (reward, ...) before the step's own log line reads them
+        Trainer.log(trainer, {f"eval_{m}": e["mean"] for m, e in summary["metrics"].items()})
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.cfg.eval_every and state.global_step % self.cfg.eval_every == 0:

@@ -13,6 +13,7 @@ them; tests/test_unsloth_gpu.py checks that both kinds of class still have them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -29,7 +30,15 @@ from catcli.backend import import_unsloth, quiet
 from catcli.config import RLRunConfig, TrainOptions
 from catcli.errors import UsageError
 from catcli.models import adapter_lora, base_spec, load_model, resolve_model, save_adapter, save_merged, seed_everything
-from catcli.rundir import EVAL_LOG, prepare_out, provenance, read_jsonl, resume_checkpoint, write_json
+from catcli.rundir import (
+    EVAL_LOG,
+    check_resume,
+    prepare_out,
+    provenance,
+    read_jsonl,
+    resume_checkpoint,
+    write_json,
+)
 
 PAPER = {"title": "Compute Aligned Training: Optimizing for Test Time Inference", "id": "arXiv:2604.24957"}
 
@@ -157,6 +166,13 @@ def pin_settings(trainer, settings: dict) -> None:
         setattr(trainer.args, key, settings[key])
         if attr and hasattr(trainer, attr):
             setattr(trainer, attr, settings[key])
+        # TRL's GRPO builds its sampling config from these at construction: it must sample as pinned
+        for sampling in (getattr(trainer, "generation_config", None), getattr(trainer, "generation_kwargs", None)):
+            if key in ("temperature", "top_p") and sampling is not None:
+                if isinstance(sampling, dict):
+                    sampling[key] = settings[key]
+                else:
+                    setattr(sampling, key, settings[key])
     wrong = {
         key: (_plain(getattr(trainer.args, key, None)), value)
         for key, value in settings.items()
@@ -306,6 +322,20 @@ def train_interruptibly(trainer, resume_from: Path | None) -> None:
         raise KeyboardInterrupt
 
 
+# what a resumed training run may set otherwise than it started with
+RESUMABLE = (
+    "out",
+    "resume",
+    "overwrite",
+    "max_steps",
+    "epochs",
+    "save_steps",
+    "report_to",
+    "save_merged",
+    "eval_every",
+)
+
+
 def run_training(spec: TrainingSpec, cfg: TrainOptions, progress: bool = True) -> dict:
     """The whole run; writes OUT/adapter (OUT/merged with save_merged), train_log.jsonl and run.json
     (and eval_log.jsonl with --eval-data). Ends with a line on stderr when the CAT weights were the
@@ -322,6 +352,9 @@ def run_training(spec: TrainingSpec, cfg: TrainOptions, progress: bool = True) -
     if cfg.init_adapter:
         check_adapter_lora(cfg)
     out = prepare_out(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
+    if cfg.resume:  # the same run, continued: only how long and how often may change
+        names = [f.name for f in dataclasses.fields(cfg) if f.name not in RESUMABLE]
+        check_resume(out, config.to_dict(cfg), config.to_dict(type(cfg)()), tuple(names))
     resume_from = resume_checkpoint(out, logs=("train_log.jsonl", EVAL_LOG)) if cfg.resume else None
     print(spec.summary(cfg), file=sys.stderr)
     trainer = build_trainer(spec, cfg, dataset=dataset, progress=progress)

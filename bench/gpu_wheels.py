@@ -4,7 +4,7 @@ The GPU machine catcli is checked on (one NVIDIA H200, Python 3.12, torch 2.11 w
 transformers 5.17, peft, accelerate, typer, rich, matplotlib, pandas, pyarrow, pytest) lacks the
 packages below; `pip install -e '.[dev]'` would resolve some 31 more (about 104 MiB), too much to
 copy there at once. These are downloaded for CPython 3.12 on x86_64 Linux without their
-dependencies, at the versions the CPU suite runs (tests/test_gpu_check.py keeps them equal), then
+dependencies, at the versions the CPU suite runs (constraints.txt, which `make install` honours), then
 slimmed: unsloth without its `studio/` web UI (25 MiB) and bitsandbytes without its libraries for
 other CUDA versions, ROCm and XPU (39 MiB), each wheel's RECORD rewritten to match. typer is
 carried too, so the CLI there is the one tested here. Prints each wheel's size and the total, and
@@ -25,23 +25,17 @@ import sys
 import zipfile
 from pathlib import Path
 
-PACKAGES = {
-    "trl": "1.15.0",
-    "datasets": "4.8.5",
-    "dill": "0.4.1",
-    "multiprocess": "0.70.19",
-    "unsloth": "2026.10.9",
-    "unsloth_zoo": "2026.10.9",
-    "torchao": "0.18.0",
-    "cut_cross_entropy": "25.1.1",
-    "msgspec": "0.22.0",
-    "bitsandbytes": "0.50.2",
-    "math_verify": "0.9.0",
-    "latex2sympy2_extended": "1.11.0",
-    "antlr4_python3_runtime": "4.13.2",
-    "gguf": "0.19.0",
-    "typer": "0.29.2",
-}
+ROOT = Path(__file__).resolve().parent.parent
+UNSLOTH = "2026.10.9"  # the Makefile's --no-deps pin
+
+
+def pinned(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
+    """The `name==version` lines of the install's constraints file, by name."""
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return dict(line.split("==") for line in lines if line)
+
+
+PACKAGES = {**pinned(), "unsloth": UNSLOTH, "unsloth_zoo": UNSLOTH}
 CUDA = "130"  # torch 2.11's CUDA 13.0: the one bitsandbytes library kept
 DROP = {
     "unsloth": re.compile(r"^studio/"),

@@ -62,10 +62,11 @@ def test_training_evaluates_along_the_way_and_its_last_row_is_what_eval_gives(re
     assert set(rows[0]["metrics"]) == {f"{m}@{k}" for m in ("pass", "maj") for k in (1, 2, 4)}
     record = json.loads((run / "run.json").read_text())
     assert record["eval_seconds"] > 0 and record["train_seconds"] > 0  # evaluation timed apart from training
-    # an evaluation's log line leaves the step's own line whole (TRL's GRPO log would take its reward)
-    assert all(
-        row["loss"] is not None and row.get("reward_mean", 0) is not None for row in _rows(run / "train_log.jsonl")
-    )
+    # an evaluation's log line leaves each step's own line there and whole (TRL's GRPO log would take
+    # its reward; transformers' on_log would drop it)
+    train_log = _rows(run / "train_log.jsonl")
+    assert [row["step"] for row in train_log] == list(range(1, steps[-1] + 1))
+    assert all(row["loss"] is not None and row.get("reward_mean", 0) is not None for row in train_log)
     r = run_cli("eval", "--model", str(run), *SAME_AS_EVAL, "--out", str(tmp_path / "eval"), "--json")
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout)["metrics"] == rows[-1]["metrics"]

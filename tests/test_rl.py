@@ -355,7 +355,8 @@ def test_rl_success_p_gives_one_weight_per_prompt_that_differs_between_prompts(t
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert all(len(row["prompt_weights"]) == 4 for row in log)  # one per prompt of the step
     assert any(len({round(w, 9) for w in row["prompt_weights"]}) > 1 for row in log)  # they differ
-    assert "p_floor_share" not in log[0] and "constant" not in r.stderr
+    assert "p_floor_share" not in log[0] and "CAT weights were constant" not in r.stderr
+    assert json.loads((out / "run.json").read_text())["constant_weight"] is None
 
 
 def test_rl_sequence_p_on_long_rollouts_reports_the_floor(tmp_path, boxing_adapter):

@@ -198,8 +198,11 @@ class Evaluation(TrainerCallback):
         row = {"step": step, **summary, "samples": len(records) * self.settings.n, "seconds": seconds}
         append_jsonl(self.out / EVAL_LOG, [row])
         # transformers' own log: TRL's GRPOTrainer.log would fold in and clear the step's training
-        # metrics (reward, ...) before the step's own log line reads them
+        # metrics (reward, ...) before the step's own log line reads them. Its on_log also clears
+        # should_log, which would drop the step's own line (loss, reward): keep the flag as it was.
+        should_log = trainer.control.should_log
         Trainer.log(trainer, {f"eval_{m}": e["mean"] for m, e in summary["metrics"].items()})
+        trainer.control.should_log = should_log
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.cfg.eval_every and state.global_step % self.cfg.eval_every == 0:

@@ -137,8 +137,18 @@ def records(eval_dir: Path) -> list[dict]:
     return read_jsonl(eval_dir / "samples.jsonl")
 
 
-def metrics(eval_dir: Path) -> dict:
-    return {m: e["mean"] for m, e in json.loads((eval_dir / "eval.json").read_text())["metrics"].items()}
+def metrics(eval_dir: Path, ids: set[str] | None = None) -> dict:
+    """An eval's metrics; with `ids`, over those problems only (evals of one part on the problems
+    all of them share, so the warm-up, the pilot and each seed read off the same set)."""
+    if ids is None:
+        return {m: e["mean"] for m, e in json.loads((eval_dir / "eval.json").read_text())["metrics"].items()}
+    chosen = [r for r in records(eval_dir) if str(r["id"]) in ids]
+    return {m: e["mean"] for m, e in summarise_seeds([chosen], ks_of(eval_dir))["metrics"].items()}
+
+
+def shared_ids(*evals: Path) -> set[str]:
+    """The problems every one of `evals` scored."""
+    return set.intersection(*({str(r["id"]) for r in records(e)} for e in evals))
 
 
 def ks_of(eval_dir: Path) -> list[int]:
@@ -192,9 +202,12 @@ def pilot(warmup: dict, grpo: dict) -> dict:
     return {"warmup": warmup, "grpo_seed0": grpo, "checks": checks, "in_regime": all(checks.values())}
 
 
-def per_seed(seeds: list[int], runs: dict, evals: dict, stats: tuple[str, ...]) -> dict:
+def per_seed(seeds: list[int], runs: dict, evals: dict, stats: tuple[str, ...], ids: set[str]) -> dict:
     return {
-        a: [{"seed": s, "metrics": metrics(e), **train_stats(r, stats)} for s, r, e in zip(seeds, runs[a], evals[a])]
+        a: [
+            {"seed": s, "metrics": metrics(e, ids), **train_stats(r, stats)}
+            for s, r, e in zip(seeds, runs[a], evals[a])
+        ]
         for a in runs
     }
 
@@ -211,8 +224,9 @@ def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_step
         over_steps.append((n, bench.stage(out / f"eval_ce_{n}steps", "eval", SFT_RECIPE, "--model", str(run))))
     over_steps.append((0 if bench.quick else SFT_STEPS, evals["ce"][0]))
     result = pooled_part(evals, "ce")
-    result["warmup"] = metrics(warm_eval)
-    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min"))
+    ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
+    result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
+    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min"), ids)
     result["ce_over_steps"] = [{"branch_steps": n, **metrics(e)} for n, e in over_steps]
     result["weights_seed0"] = {
         a: json.loads(catcli("weights", "--from", str(runs[a][0]), "--strategy", a, "--json", capture=True))
@@ -234,11 +248,12 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
     warm_eval = bench.stage(out / "eval_warmup", "eval", RL_RECIPE, "--model", str(warmup))
     runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, "--init-adapter", str(warmup))
     result = pooled_part(evals, "grpo", RL_ALSO)
-    result["warmup"] = metrics(warm_eval)
+    ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
+    result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
     if seeds[0] == 0 and "grpo" in evals:
-        result["pilot"] = pilot(metrics(warm_eval), metrics(evals["grpo"][0]))
+        result["pilot"] = pilot(metrics(warm_eval, ids), metrics(evals["grpo"][0], ids))
     stats = ("reward_mean", "frac_reward_zero_std", "adv_abs_mean", "adv_frac_zero", "weight_mean", "weight_max")
-    result["per_seed"] = per_seed(seeds, runs, evals, stats)
+    result["per_seed"] = per_seed(seeds, runs, evals, stats, ids)
     plot_curves(
         [(f"{a} ({len(seeds)} seeds)", s) for a, s in result["pooled"].items()],
         bench.out / "rl_curves.png",
@@ -254,8 +269,9 @@ def solution_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) ->
     steps = [] if bench.quick else ["--max-steps", str(SOLUTION_STEPS)]
     runs, evals = branches(bench, out, "sft", SOLUTION_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
     result = pooled_part(evals, "ce")
-    result["warmup"] = metrics(warm_eval)
-    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min", "weight_max"))
+    ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
+    result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
+    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min", "weight_max"), ids)
     result["constant_weight"] = {
         a: [json.loads((r / "run.json").read_text()).get("constant_weight") for r in rs] for a, rs in runs.items()
     }

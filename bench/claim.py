@@ -174,11 +174,13 @@ def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, se
     return runs, evals
 
 
-def pooled_part(evals: dict[str, list[Path]], baseline: str, also: dict[str, list[str]] | None = None) -> dict:
-    """Each arm pooled over its seeds, and paired with `baseline` (and the arms in `also` with
-    theirs) with seed-and-problem bootstrap CIs."""
+def pooled_part(
+    evals: dict[str, list[Path]], baseline: str, ids: set[str], also: dict[str, list[str]] | None = None
+) -> dict:
+    """Each arm pooled over its seeds on the problems `ids`, and paired with `baseline` (and the
+    arms in `also` with theirs) with seed-and-problem bootstrap CIs."""
     ks = ks_of(evals[baseline][0])
-    runs = {a: [records(d) for d in ds] for a, ds in evals.items()}
+    runs = {a: [[r for r in records(d) if str(r["id"]) in ids] for d in ds] for a, ds in evals.items()}
     result = {
         "pooled": {a: summarise_seeds(r, ks) for a, r in runs.items()},
         "vs_" + slug(baseline): {a: compare_seeds(runs[baseline], r, ks) for a, r in runs.items() if a != baseline},
@@ -223,8 +225,8 @@ def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_step
         run = bench.stage(out / f"ce_{n}steps", "sft", SFT_RECIPE, "--init-adapter", str(warmup), "--max-steps", str(n))
         over_steps.append((n, bench.stage(out / f"eval_ce_{n}steps", "eval", SFT_RECIPE, "--model", str(run))))
     over_steps.append((0 if bench.quick else SFT_STEPS, evals["ce"][0]))
-    result = pooled_part(evals, "ce")
     ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
+    result = pooled_part(evals, "ce", ids)
     result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
     result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min"), ids)
     result["ce_over_steps"] = [{"branch_steps": n, **metrics(e)} for n, e in over_steps]
@@ -247,8 +249,8 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
     warmup = bench.stage(out / "warmup", "sft", RL_RECIPE)
     warm_eval = bench.stage(out / "eval_warmup", "eval", RL_RECIPE, "--model", str(warmup))
     runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, "--init-adapter", str(warmup))
-    result = pooled_part(evals, "grpo", RL_ALSO)
     ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
+    result = pooled_part(evals, "grpo", ids, RL_ALSO)
     result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
     if seeds[0] == 0 and "grpo" in evals:
         result["pilot"] = pilot(metrics(warm_eval, ids), metrics(evals["grpo"][0], ids))
@@ -268,8 +270,8 @@ def solution_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) ->
     warm_eval = bench.stage(out / "eval_warmup", "eval", SOLUTION_RECIPE, "--model", str(warmup))
     steps = [] if bench.quick else ["--max-steps", str(SOLUTION_STEPS)]
     runs, evals = branches(bench, out, "sft", SOLUTION_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
-    result = pooled_part(evals, "ce")
     ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
+    result = pooled_part(evals, "ce", ids)
     result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
     result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min", "weight_max"), ids)
     result["constant_weight"] = {

@@ -137,18 +137,13 @@ def records(eval_dir: Path) -> list[dict]:
     return read_jsonl(eval_dir / "samples.jsonl")
 
 
-def metrics(eval_dir: Path, ids: set[str] | None = None) -> dict:
-    """An eval's metrics; with `ids`, over those problems only (evals of one part on the problems
-    all of them share, so the warm-up, the pilot and each seed read off the same set)."""
-    if ids is None:
-        return {m: e["mean"] for m, e in json.loads((eval_dir / "eval.json").read_text())["metrics"].items()}
-    chosen = [r for r in records(eval_dir) if str(r["id"]) in ids]
-    return {m: e["mean"] for m, e in summarise_seeds([chosen], ks_of(eval_dir))["metrics"].items()}
+def metrics(eval_dir: Path) -> dict:
+    return {m: e["mean"] for m, e in json.loads((eval_dir / "eval.json").read_text())["metrics"].items()}
 
 
-def shared_ids(*evals: Path) -> set[str]:
-    """The problems every one of `evals` scored."""
-    return set.intersection(*({str(r["id"]) for r in records(e)} for e in evals))
+def means(recs: list[dict], ks: list[int]) -> dict:
+    """One run's metrics over the problems in `recs`."""
+    return {m: e["mean"] for m, e in summarise_seeds([recs], ks)["metrics"].items()}
 
 
 def ks_of(eval_dir: Path) -> list[int]:
@@ -175,20 +170,27 @@ def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, se
 
 
 def pooled_part(
-    evals: dict[str, list[Path]], baseline: str, ids: set[str], also: dict[str, list[str]] | None = None
-) -> dict:
-    """Each arm pooled over its seeds on the problems `ids`, and paired with `baseline` (and the
-    arms in `also` with theirs) with seed-and-problem bootstrap CIs."""
+    warm_eval: Path, evals: dict[str, list[Path]], baseline: str, also: dict[str, list[str]] | None = None
+) -> tuple[dict, dict[str, list[list[dict]]]]:
+    """The warm-up and each arm pooled over its seeds, and paired with `baseline` (and the arms in
+    `also` with theirs) with seed-and-problem bootstrap CIs; also each run's samples. All on the
+    problems every eval of the part scored, so the warm-up, the pilot and each seed read off one set."""
     ks = ks_of(evals[baseline][0])
-    runs = {a: [[r for r in records(d) if str(r["id"]) in ids] for d in ds] for a, ds in evals.items()}
+    warm, loaded = records(warm_eval), {a: [records(d) for d in ds] for a, ds in evals.items()}
+    ids = set.intersection(
+        {str(r["id"]) for r in warm}, *({str(r["id"]) for r in rs} for v in loaded.values() for rs in v)
+    )
+    runs = {a: [[r for r in rs if str(r["id"]) in ids] for rs in v] for a, v in loaded.items()}
     result = {
+        "warmup": means([r for r in warm if str(r["id"]) in ids], ks),
+        "n_shared_problems": len(ids),
         "pooled": {a: summarise_seeds(r, ks) for a, r in runs.items()},
         "vs_" + slug(baseline): {a: compare_seeds(runs[baseline], r, ks) for a, r in runs.items() if a != baseline},
     }
     for other, arms in (also or {}).items():
         if other in runs:
             result["vs_" + slug(other)] = {a: compare_seeds(runs[other], runs[a], ks) for a in arms if a in runs}
-    return result
+    return result, runs
 
 
 def pilot(warmup: dict, grpo: dict) -> dict:
@@ -204,11 +206,11 @@ def pilot(warmup: dict, grpo: dict) -> dict:
     return {"warmup": warmup, "grpo_seed0": grpo, "checks": checks, "in_regime": all(checks.values())}
 
 
-def per_seed(seeds: list[int], runs: dict, evals: dict, stats: tuple[str, ...], ids: set[str]) -> dict:
+def per_seed(seeds: list[int], runs: dict, scored: dict, stats: tuple[str, ...], ks: list[int]) -> dict:
     return {
         a: [
-            {"seed": s, "metrics": metrics(e, ids), **train_stats(r, stats)}
-            for s, r, e in zip(seeds, runs[a], evals[a])
+            {"seed": s, "metrics": means(recs, ks), **train_stats(r, stats)}
+            for s, r, recs in zip(seeds, runs[a], scored[a])
         ]
         for a in runs
     }
@@ -225,10 +227,8 @@ def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_step
         run = bench.stage(out / f"ce_{n}steps", "sft", SFT_RECIPE, "--init-adapter", str(warmup), "--max-steps", str(n))
         over_steps.append((n, bench.stage(out / f"eval_ce_{n}steps", "eval", SFT_RECIPE, "--model", str(run))))
     over_steps.append((0 if bench.quick else SFT_STEPS, evals["ce"][0]))
-    ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
-    result = pooled_part(evals, "ce", ids)
-    result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
-    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min"), ids)
+    result, scored = pooled_part(warm_eval, evals, "ce")
+    result["per_seed"] = per_seed(seeds, runs, scored, ("p_mean", "weight_mean", "weight_min"), ks_of(warm_eval))
     result["ce_over_steps"] = [{"branch_steps": n, **metrics(e)} for n, e in over_steps]
     result["weights_seed0"] = {
         a: json.loads(catcli("weights", "--from", str(runs[a][0]), "--strategy", a, "--json", capture=True))
@@ -249,13 +249,11 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
     warmup = bench.stage(out / "warmup", "sft", RL_RECIPE)
     warm_eval = bench.stage(out / "eval_warmup", "eval", RL_RECIPE, "--model", str(warmup))
     runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, "--init-adapter", str(warmup))
-    ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
-    result = pooled_part(evals, "grpo", ids, RL_ALSO)
-    result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
-    if seeds[0] == 0 and "grpo" in evals:
-        result["pilot"] = pilot(metrics(warm_eval, ids), metrics(evals["grpo"][0], ids))
+    result, scored = pooled_part(warm_eval, evals, "grpo", RL_ALSO)
     stats = ("reward_mean", "frac_reward_zero_std", "adv_abs_mean", "adv_frac_zero", "weight_mean", "weight_max")
-    result["per_seed"] = per_seed(seeds, runs, evals, stats, ids)
+    result["per_seed"] = per_seed(seeds, runs, scored, stats, ks_of(warm_eval))
+    if seeds[0] == 0 and "grpo" in evals:
+        result["pilot"] = pilot(result["warmup"], result["per_seed"]["grpo"][0]["metrics"])
     plot_curves(
         [(f"{a} ({len(seeds)} seeds)", s) for a, s in result["pooled"].items()],
         bench.out / "rl_curves.png",
@@ -270,10 +268,9 @@ def solution_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) ->
     warm_eval = bench.stage(out / "eval_warmup", "eval", SOLUTION_RECIPE, "--model", str(warmup))
     steps = [] if bench.quick else ["--max-steps", str(SOLUTION_STEPS)]
     runs, evals = branches(bench, out, "sft", SOLUTION_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
-    ids = shared_ids(warm_eval, *(e for es in evals.values() for e in es))
-    result = pooled_part(evals, "ce", ids)
-    result["warmup"], result["n_shared_problems"] = metrics(warm_eval, ids), len(ids)
-    result["per_seed"] = per_seed(seeds, runs, evals, ("p_mean", "weight_mean", "weight_min", "weight_max"), ids)
+    result, scored = pooled_part(warm_eval, evals, "ce")
+    stats = ("p_mean", "weight_mean", "weight_min", "weight_max")
+    result["per_seed"] = per_seed(seeds, runs, scored, stats, ks_of(warm_eval))
     result["constant_weight"] = {
         a: [json.loads((r / "run.json").read_text()).get("constant_weight") for r in rs] for a, rs in runs.items()
     }

@@ -7,6 +7,9 @@
              longest sample ends)
   floor      the forward passes alone: catcli's schedule replayed (each chunk's prefill, then one
              step per token with the rows catcli had live), no sampling and no bookkeeping
+  steps      one decode step's forward at 1, 8 and 32 rows (median of 5, after a 64-token prompt):
+             how much a shrinking batch can save on this machine, where a step's cost is not
+             proportional to its rows
 
 Samples/s of each, and catcli's against both. Prints one JSON object.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -93,6 +97,40 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
             cache = as_dynamic_cache(out.past_key_values)
 
 
+def step_costs(model, rows_list: list[int], steps: int = 5) -> dict[str, float]:
+    """Median seconds of one decode step's forward at each batch size, after a 64-token prompt."""
+    import statistics
+
+    import torch
+    from transformers import DynamicCache
+
+    from catcli.samples import as_dynamic_cache
+
+    costs = {}
+    with torch.inference_mode():
+        for rows in rows_list:
+            ids = torch.randint(100, 1000, (rows, 64), generator=torch.Generator().manual_seed(0))
+            mask = torch.ones_like(ids)
+            out = model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(), use_cache=True,
+                        logits_to_keep=1)  # fmt: skip
+            cache, walls = as_dynamic_cache(out.past_key_values), []
+            for _ in range(steps):
+                mask = torch.cat([mask, mask.new_ones(rows, 1)], -1)
+                start = time.perf_counter()
+                out = model(input_ids=ids[:, :1], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
+                            past_key_values=cache, use_cache=True)  # fmt: skip
+                walls.append(time.perf_counter() - start)
+                cache = as_dynamic_cache(out.past_key_values)
+            costs[str(rows)] = statistics.median(walls)
+    return costs
+
+
+def report(arm: str, result: dict) -> None:
+    """Each arm's figures on stderr as soon as it ends: a long case (the 1.5B one runs for an hour
+    or more) that is stopped part-way still leaves the arms it finished."""
+    print(json.dumps({arm: result[arm]}), file=sys.stderr, flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="2 problems x 2 samples x 8 tokens (CI smoke)")
@@ -106,7 +144,7 @@ def main() -> None:
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--top-p", type=float, default=0.95)
-    ap.add_argument("--arms", default="catcli,generate,floor")
+    ap.add_argument("--arms", default="catcli,generate,floor,steps")
     args = ap.parse_args()
     if args.case:
         for key, value in CASES[args.case].items():
@@ -150,18 +188,23 @@ def main() -> None:
         seconds = time.perf_counter() - start
         result["catcli"] = {"seconds": seconds, "samples_per_s": total / seconds, "tokens": tokens,
                             "truncated": cut / total, "mean_tokens": tokens / total}  # fmt: skip
+        report("catcli", result)
     if "generate" in arms:
         start, steps = time.perf_counter(), 0
         for i, prompts in work:
             steps += previous_sampler(model, tok, prompts, settings, chunk_seed(0, i))
         seconds = time.perf_counter() - start
         result["generate"] = {"seconds": seconds, "samples_per_s": total / seconds, "chunk_steps": steps}
+        report("generate", result)
     if "floor" in arms and lengths:
         start = time.perf_counter()
         for (_, prompts), chunk_lengths in zip(work, lengths):
             forward_floor(model, tok, prompts, args.n, chunk_lengths)
         seconds = time.perf_counter() - start
         result["floor"] = {"seconds": seconds, "samples_per_s": total / seconds}
+    if "steps" in arms:
+        result["step_s_by_rows"] = step_costs(model, [1, 2] if args.quick else [1, 8, 32])
+        report("step_s_by_rows", result)
     if "catcli" in result and "generate" in result:
         result["speedup_vs_generate"] = result["generate"]["seconds"] / result["catcli"]["seconds"]
     if "catcli" in result and "floor" in result:

@@ -24,13 +24,13 @@ from conftest import MATH_TRAIN, ROOT
         ),
         ("sft_overhead.py", {"ce_step_s", "cat_step_s", "ratio_median"}),
         ("rl_overhead.py", {"grpo_step_s", "cat_step_s", "ratio_median"}),
-        ("eval_throughput.py", {"speedup_vs_generate", "catcli_over_floor", "load_s"}),
+        ("eval_throughput.py", {"speedup_vs_generate", "catcli_over_floor", "load_s", "step_s_by_rows"}),
     ],
 )
 def test_bench_quick(script, keys):
     result = _run_quick(script)
     assert keys <= set(result)
-    assert all(result[k] > 0 for k in keys)
+    assert all(min(v.values()) > 0 if isinstance(v := result[k], dict) else v > 0 for k in keys)
 
 
 @pytest.mark.slow

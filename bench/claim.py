@@ -171,9 +171,9 @@ def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, se
 
 def pooled_part(
     warm_eval: Path, evals: dict[str, list[Path]], baseline: str, also: dict[str, list[str]] | None = None
-) -> tuple[dict, dict[str, list[list[dict]]]]:
+) -> tuple[dict, dict[str, list[dict]]]:
     """The warm-up and each arm pooled over its seeds, and paired with `baseline` (and the arms in
-    `also` with theirs) with seed-and-problem bootstrap CIs; also each run's samples. All on the
+    `also` with theirs) with seed-and-problem bootstrap CIs; also each run's own metrics. All on the
     problems every eval of the part scored, so the warm-up, the pilot and each seed read off one set."""
     ks = ks_of(evals[baseline][0])
     warm, loaded = records(warm_eval), {a: [records(d) for d in ds] for a, ds in evals.items()}
@@ -190,7 +190,7 @@ def pooled_part(
     for other, arms in (also or {}).items():
         if other in runs:
             result["vs_" + slug(other)] = {a: compare_seeds(runs[other], runs[a], ks) for a in arms if a in runs}
-    return result, runs
+    return result, {a: [means(recs, ks) for recs in v] for a, v in runs.items()}
 
 
 def pilot(warmup: dict, grpo: dict) -> dict:
@@ -206,12 +206,9 @@ def pilot(warmup: dict, grpo: dict) -> dict:
     return {"warmup": warmup, "grpo_seed0": grpo, "checks": checks, "in_regime": all(checks.values())}
 
 
-def per_seed(seeds: list[int], runs: dict, scored: dict, stats: tuple[str, ...], ks: list[int]) -> dict:
+def per_seed(seeds: list[int], runs: dict, run_metrics: dict, stats: tuple[str, ...]) -> dict:
     return {
-        a: [
-            {"seed": s, "metrics": means(recs, ks), **train_stats(r, stats)}
-            for s, r, recs in zip(seeds, runs[a], scored[a])
-        ]
+        a: [{"seed": s, "metrics": m, **train_stats(r, stats)} for s, r, m in zip(seeds, runs[a], run_metrics[a])]
         for a in runs
     }
 
@@ -227,8 +224,8 @@ def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_step
         run = bench.stage(out / f"ce_{n}steps", "sft", SFT_RECIPE, "--init-adapter", str(warmup), "--max-steps", str(n))
         over_steps.append((n, bench.stage(out / f"eval_ce_{n}steps", "eval", SFT_RECIPE, "--model", str(run))))
     over_steps.append((0 if bench.quick else SFT_STEPS, evals["ce"][0]))
-    result, scored = pooled_part(warm_eval, evals, "ce")
-    result["per_seed"] = per_seed(seeds, runs, scored, ("p_mean", "weight_mean", "weight_min"), ks_of(warm_eval))
+    result, run_metrics = pooled_part(warm_eval, evals, "ce")
+    result["per_seed"] = per_seed(seeds, runs, run_metrics, ("p_mean", "weight_mean", "weight_min"))
     result["ce_over_steps"] = [{"branch_steps": n, **metrics(e)} for n, e in over_steps]
     result["weights_seed0"] = {
         a: json.loads(catcli("weights", "--from", str(runs[a][0]), "--strategy", a, "--json", capture=True))
@@ -249,9 +246,9 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
     warmup = bench.stage(out / "warmup", "sft", RL_RECIPE)
     warm_eval = bench.stage(out / "eval_warmup", "eval", RL_RECIPE, "--model", str(warmup))
     runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, "--init-adapter", str(warmup))
-    result, scored = pooled_part(warm_eval, evals, "grpo", RL_ALSO)
+    result, run_metrics = pooled_part(warm_eval, evals, "grpo", RL_ALSO)
     stats = ("reward_mean", "frac_reward_zero_std", "adv_abs_mean", "adv_frac_zero", "weight_mean", "weight_max")
-    result["per_seed"] = per_seed(seeds, runs, scored, stats, ks_of(warm_eval))
+    result["per_seed"] = per_seed(seeds, runs, run_metrics, stats)
     if seeds[0] == 0 and "grpo" in evals:
         result["pilot"] = pilot(result["warmup"], result["per_seed"]["grpo"][0]["metrics"])
     plot_curves(
@@ -268,9 +265,9 @@ def solution_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) ->
     warm_eval = bench.stage(out / "eval_warmup", "eval", SOLUTION_RECIPE, "--model", str(warmup))
     steps = [] if bench.quick else ["--max-steps", str(SOLUTION_STEPS)]
     runs, evals = branches(bench, out, "sft", SOLUTION_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
-    result, scored = pooled_part(warm_eval, evals, "ce")
+    result, run_metrics = pooled_part(warm_eval, evals, "ce")
     stats = ("p_mean", "weight_mean", "weight_min", "weight_max")
-    result["per_seed"] = per_seed(seeds, runs, scored, stats, ks_of(warm_eval))
+    result["per_seed"] = per_seed(seeds, runs, run_metrics, stats)
     result["constant_weight"] = {
         a: [json.loads((r / "run.json").read_text()).get("constant_weight") for r in rs] for a, rs in runs.items()
     }

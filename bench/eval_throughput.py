@@ -202,6 +202,7 @@ def main() -> None:
             forward_floor(model, tok, prompts, args.n, chunk_lengths)
         seconds = time.perf_counter() - start
         result["floor"] = {"seconds": seconds, "samples_per_s": total / seconds}
+        report("floor", result)
     if "steps" in arms:
         result["step_s_by_rows"] = step_costs(model, [1, 2] if args.quick else [1, 8, 32])
         report("step_s_by_rows", result)

@@ -7,9 +7,10 @@
              longest sample ends)
   floor      the forward passes alone: catcli's schedule replayed (each chunk's prefill, then one
              step per token with the rows catcli had live), no sampling and no bookkeeping
-  steps      one decode step's forward at 1, 8 and 32 rows (median of 5, after a 64-token prompt):
-             how much a shrinking batch can save on this machine, where a step's cost is not
-             proportional to its rows
+  steps      one decode step's forward at 1, 8 and 32 rows after 64 and 896 cached tokens (median
+             of 5), with catcli's attention and with transformers' own: how much a shrinking batch
+             can save on this machine, where a step's cost is not proportional to its rows, and
+             what reading grouped keys in place saves on long contexts
 
 Samples/s of each, and catcli's against both. Prints one JSON object.
 
@@ -20,6 +21,7 @@ Samples/s of each, and catcli's against both. Prints one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -69,13 +71,13 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
     import torch
     from transformers import DynamicCache
 
-    from catcli.samples import as_dynamic_cache
+    from catcli.samples import as_dynamic_cache, grouped_kv_attention
 
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     mask = enc["attention_mask"]
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
-    with torch.inference_mode():
+    with torch.inference_mode(), grouped_kv_attention(model):
         out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
                     past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)  # fmt: skip
         cache = as_dynamic_cache(out.past_key_values)
@@ -97,31 +99,45 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
             cache = as_dynamic_cache(out.past_key_values)
 
 
-def step_costs(model, rows_list: list[int], steps: int = 5) -> dict[str, float]:
-    """Median seconds of one decode step's forward at each batch size, after a 64-token prompt."""
+def step_costs(model, rows_list: list[int], contexts: list[int], steps: int = 5) -> dict[str, dict[str, float]]:
+    """Median seconds of one decode step's forward, by "rows x cached tokens": with catcli's
+    attention (`grouped_kv_attention`, as it samples) and with transformers' own (a copy of the
+    cached keys and values per query head). The two alternate step by step, so other work on the
+    machine slows both alike; the cache is filled with random keys and values (no prefill)."""
     import statistics
 
     import torch
-    from transformers import DynamicCache
 
-    from catcli.samples import as_dynamic_cache
+    from catcli.samples import as_dynamic_cache, grouped_kv_attention, growing_cache
 
+    cfg, g = model.config, torch.Generator().manual_seed(0)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     costs = {}
     with torch.inference_mode():
         for rows in rows_list:
-            ids = torch.randint(100, 1000, (rows, 64), generator=torch.Generator().manual_seed(0))
-            mask = torch.ones_like(ids)
-            out = model(input_ids=ids, attention_mask=mask, past_key_values=DynamicCache(), use_cache=True,
-                        logits_to_keep=1)  # fmt: skip
-            cache, walls = as_dynamic_cache(out.past_key_values), []
-            for _ in range(steps):
-                mask = torch.cat([mask, mask.new_ones(rows, 1)], -1)
-                start = time.perf_counter()
-                out = model(input_ids=ids[:, :1], attention_mask=mask, position_ids=mask.sum(-1, keepdim=True) - 1,
-                            past_key_values=cache, use_cache=True)  # fmt: skip
-                walls.append(time.perf_counter() - start)
-                cache = as_dynamic_cache(out.past_key_values)
-            costs[str(rows)] = statistics.median(walls)
+            for context in contexts:
+                states, walls = {}, {"catcli": [], "transformers": []}
+                for arm in walls:
+                    cache = growing_cache()
+                    for layer in range(cfg.num_hidden_layers):
+                        shape = (rows, cfg.num_key_value_heads, context, head_dim)
+                        cache.update(torch.randn(shape, generator=g), torch.randn(shape, generator=g), layer)
+                    mask = torch.ones(rows, context, dtype=torch.long)
+                    mask[0, 0] = 0  # one padded row, as a chunk of prompts of different lengths has
+                    states[arm] = [cache, mask]
+                token = torch.randint(100, 1000, (rows, 1), generator=g)
+                for _ in range(steps):
+                    for arm, state in states.items():
+                        cache, mask = state
+                        mask = torch.cat([mask, mask.new_ones(rows, 1)], -1)
+                        start = time.perf_counter()
+                        position = mask.sum(-1, keepdim=True) - 1
+                        with grouped_kv_attention(model) if arm == "catcli" else contextlib.nullcontext():
+                            out = model(input_ids=token, attention_mask=mask, position_ids=position,
+                                        past_key_values=cache, use_cache=True)  # fmt: skip
+                        walls[arm].append(time.perf_counter() - start)
+                        states[arm] = [as_dynamic_cache(out.past_key_values), mask]
+                costs[f"{rows}x{context}"] = {arm: statistics.median(w) for arm, w in walls.items()}
     return costs
 
 
@@ -204,8 +220,9 @@ def main() -> None:
         result["floor"] = {"seconds": seconds, "samples_per_s": total / seconds}
         report("floor", result)
     if "steps" in arms:
-        result["step_s_by_rows"] = step_costs(model, [1, 2] if args.quick else [1, 8, 32])
-        report("step_s_by_rows", result)
+        rows, contexts = ([1, 2], [8, 40]) if args.quick else ([1, 8, 32], [64, 896])
+        result["step_s"] = step_costs(model, rows, contexts)
+        report("step_s", result)
     if "catcli" in result and "generate" in result:
         result["speedup_vs_generate"] = result["generate"]["seconds"] / result["catcli"]["seconds"]
     if "catcli" in result and "floor" in result:

@@ -131,6 +131,49 @@ def test_greedy_decoding_equals_generate_for_prompts_of_different_lengths():
         assert completions[0].tokens == 10 and completions[0].stop == "length"
 
 
+def _spy_on_grouped_attention(monkeypatch):
+    """Each call of the grouped attention: (query heads, key heads, whether a mask was given)."""
+    from catcli import samples
+
+    calls, real = [], samples._grouped_sdpa
+
+    def spy(module, query, key, value, attention_mask, *args, **kwargs):
+        calls.append((query.shape[1], key.shape[1], attention_mask is not None))
+        return real(module, query, key, value, attention_mask, *args, **kwargs)
+
+    monkeypatch.setattr(samples, "_grouped_sdpa", spy)
+    return calls
+
+
+def test_grouped_attention_reads_one_key_per_kv_head_and_gives_sdpas_logits(monkeypatch):
+    from catcli.samples import grouped_kv_attention
+
+    calls = _spy_on_grouped_attention(monkeypatch)
+    model, tok = tiny_llama()  # 4 query heads over 2 KV heads
+    tok.pad_token, tok.padding_side = tok.eos_token, "left"
+    enc = tok(["Problem:\nWhat is $12 + 7$?", "Hi"], return_tensors="pt", padding=True, add_special_tokens=False)
+    with torch.inference_mode():
+        want = model(**enc).logits
+        with grouped_kv_attention(model):
+            got = model(**enc).logits
+        assert model.config._attn_implementation == "sdpa"
+        assert calls == [(4, 2, True)] * 2  # both layers, the padding mask given, keys not copied per head
+        torch.testing.assert_close(got[enc["attention_mask"].bool()], want[enc["attention_mask"].bool()])
+        with pytest.raises(RuntimeError), grouped_kv_attention(model):
+            raise RuntimeError
+        assert model.config._attn_implementation == "sdpa"  # restored however the block ends
+
+
+def test_sampling_uses_the_grouped_attention_at_every_step(monkeypatch):
+    calls = _spy_on_grouped_attention(monkeypatch)
+    model, tok = tiny_llama()
+    tok.pad_token = tok.eos_token
+    settings = SamplingSettings(n=2, temperature=0.0, max_new_tokens=5)
+    sample_completions(model, tok, ["Problem:\nWhat is $12 + 7$?", "Hi"], settings, seed=0)
+    assert len(calls) == 2 * 5 and all(kv == 2 and masked for _, kv, masked in calls)  # prefill + 4 steps
+    assert model.config._attn_implementation == "sdpa"
+
+
 class CountingModel(torch.nn.Module):
     """A model whose next token is the last one + 1, until token 40 (its end of sequence):
     a prompt ending in token t gives 39 - t tokens, then ends. Records each step's batch size."""

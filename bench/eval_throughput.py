@@ -99,44 +99,54 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
             cache = as_dynamic_cache(out.past_key_values)
 
 
+def filled_cache(config, rows: int, context: int, generator):
+    """catcli's sampling cache holding `context` random keys and values per layer, and its mask
+    with one padded row, as a chunk of prompts of different lengths has: a long context without
+    a prefill."""
+    import torch
+
+    from catcli.samples import growing_cache
+
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    shape = (rows, config.num_key_value_heads, context, head_dim)
+    cache = growing_cache()
+    for layer in range(config.num_hidden_layers):
+        cache.update(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator), layer)
+    mask = torch.ones(rows, context, dtype=torch.long)
+    mask[0, 0] = 0
+    return cache, mask
+
+
 def step_costs(model, rows_list: list[int], contexts: list[int], steps: int = 5) -> dict[str, dict[str, float]]:
     """Median seconds of one decode step's forward, by "rows x cached tokens": with catcli's
     attention (`grouped_kv_attention`, as it samples) and with transformers' own (a copy of the
     cached keys and values per query head). The two alternate step by step, so other work on the
-    machine slows both alike; the cache is filled with random keys and values (no prefill)."""
+    machine slows both alike."""
     import statistics
 
     import torch
 
-    from catcli.samples import as_dynamic_cache, grouped_kv_attention, growing_cache
+    from catcli.samples import as_dynamic_cache, grouped_kv_attention
 
-    cfg, g = model.config, torch.Generator().manual_seed(0)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    g = torch.Generator().manual_seed(0)
+    attention = {"catcli": lambda: grouped_kv_attention(model), "transformers": contextlib.nullcontext}
     costs = {}
     with torch.inference_mode():
         for rows in rows_list:
             for context in contexts:
-                states, walls = {}, {"catcli": [], "transformers": []}
-                for arm in walls:
-                    cache = growing_cache()
-                    for layer in range(cfg.num_hidden_layers):
-                        shape = (rows, cfg.num_key_value_heads, context, head_dim)
-                        cache.update(torch.randn(shape, generator=g), torch.randn(shape, generator=g), layer)
-                    mask = torch.ones(rows, context, dtype=torch.long)
-                    mask[0, 0] = 0  # one padded row, as a chunk of prompts of different lengths has
-                    states[arm] = [cache, mask]
+                states = {arm: filled_cache(model.config, rows, context, g) for arm in attention}
+                walls = {arm: [] for arm in attention}
                 token = torch.randint(100, 1000, (rows, 1), generator=g)
                 for _ in range(steps):
-                    for arm, state in states.items():
-                        cache, mask = state
+                    for arm, (cache, mask) in states.items():
                         mask = torch.cat([mask, mask.new_ones(rows, 1)], -1)
-                        start = time.perf_counter()
                         position = mask.sum(-1, keepdim=True) - 1
-                        with grouped_kv_attention(model) if arm == "catcli" else contextlib.nullcontext():
+                        start = time.perf_counter()
+                        with attention[arm]():
                             out = model(input_ids=token, attention_mask=mask, position_ids=position,
                                         past_key_values=cache, use_cache=True)  # fmt: skip
                         walls[arm].append(time.perf_counter() - start)
-                        states[arm] = [as_dynamic_cache(out.past_key_values), mask]
+                        states[arm] = (as_dynamic_cache(out.past_key_values), mask)
                 costs[f"{rows}x{context}"] = {arm: statistics.median(w) for arm, w in walls.items()}
     return costs
 

@@ -69,9 +69,8 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
     """The forward passes catcli's decoding of these prompts made, with nothing else: the prefill,
     then one step per token, each with as many rows as were still live (`lengths` per sequence)."""
     import torch
-    from transformers import DynamicCache
 
-    from catcli.samples import as_dynamic_cache, grouped_kv_attention
+    from catcli.samples import as_dynamic_cache, grouped_kv_attention, growing_cache
 
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -79,7 +78,7 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode(), grouped_kv_attention(model):
         out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
-                    past_key_values=DynamicCache(), use_cache=True, logits_to_keep=1)  # fmt: skip
+                    past_key_values=growing_cache(), use_cache=True, logits_to_keep=1)  # fmt: skip
         cache = as_dynamic_cache(out.past_key_values)
         cache.batch_repeat_interleave(n)
         mask, position = mask.repeat_interleave(n, 0), positions[:, -1:].repeat_interleave(n, 0)

@@ -70,32 +70,17 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
     then one step per token, each with as many rows as were still live (`lengths` per sequence)."""
     import torch
 
-    from catcli.samples import as_dynamic_cache, grouped_kv_attention, growing_cache
+    from catcli.samples import DecodeBatch, grouped_kv_attention
 
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-    mask = enc["attention_mask"]
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     with torch.inference_mode(), grouped_kv_attention(model):
-        out = model(input_ids=enc["input_ids"], attention_mask=mask, position_ids=positions,
-                    past_key_values=growing_cache(), use_cache=True, logits_to_keep=1)  # fmt: skip
-        cache = as_dynamic_cache(out.past_key_values)
-        cache.batch_repeat_interleave(n)
-        mask, position = mask.repeat_interleave(n, 0), positions[:, -1:].repeat_interleave(n, 0)
+        batch = DecodeBatch(model, tokenizer, prompts, n)
         live = torch.arange(len(lengths))
         for step in range(1, max(lengths)):
             keep = [i for i, row in enumerate(live.tolist()) if lengths[row] > step]
             if len(keep) < len(live):
-                index = torch.tensor(keep, device=mask.device)
-                cache.batch_select_indices(index)
-                live, mask, position = live[keep], mask[index], position[index]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], -1)
-            position = position + 1
-            token = torch.zeros(len(live), 1, dtype=torch.long, device=mask.device)
-            out = model(
-                input_ids=token, attention_mask=mask, position_ids=position, past_key_values=cache, use_cache=True
-            )
-            cache = as_dynamic_cache(out.past_key_values)
+                batch.keep(torch.tensor(keep, device=model.device))
+                live = live[keep]
+            batch.step(torch.zeros(len(live), dtype=torch.long, device=model.device))
 
 
 def filled_cache(config, rows: int, context: int, generator):

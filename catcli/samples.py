@@ -252,6 +252,56 @@ def as_dynamic_cache(cache):
     return cache if isinstance(cache, DynamicCache) else DynamicCache(ddp_cache_data=cache)
 
 
+class DecodeBatch:
+    """The sequences of a chunk still decoding: their KV cache, attention mask and next positions.
+
+    Built by the prefill: each prompt's forward pass runs once and its cache and last logits are
+    copied to its n sequences (prompt-major). `step` feeds one token per live row; `keep` drops the
+    rows that ended, cache rows with them. Call it under inference_mode and `grouped_kv_attention`.
+    """
+
+    def __init__(self, model, tokenizer, prompts: list[str], n: int):
+        tokenizer.padding_side = "left"
+        enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+        mask = enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=enc["input_ids"],
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=growing_cache(),
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        self.model = model
+        self.cache = as_dynamic_cache(out.past_key_values)
+        self.cache.batch_repeat_interleave(n)
+        self.logits = out.logits[:, -1].repeat_interleave(n, 0)
+        self.mask = mask.repeat_interleave(n, 0)
+        self.position = positions[:, -1:].repeat_interleave(n, 0)
+
+    def keep(self, index) -> None:
+        """Keep only these rows (a tensor of row indices on the model's device)."""
+        self.cache.batch_select_indices(index)
+        self.mask, self.position = self.mask[index], self.position[index]
+
+    def step(self, tokens) -> None:
+        """Feed one token per row (shape [rows]); `logits` become the next token's."""
+        import torch
+
+        self.mask = torch.cat([self.mask, self.mask.new_ones(len(tokens), 1)], -1)
+        self.position = self.position + 1
+        out = self.model(
+            input_ids=tokens.unsqueeze(-1),
+            attention_mask=self.mask,
+            position_ids=self.position,
+            past_key_values=self.cache,
+            use_cache=True,
+        )
+        self.cache = as_dynamic_cache(out.past_key_values)
+        self.logits = out.logits[:, -1]
+
+
 def sample_completions(
     model,
     tokenizer,
@@ -266,33 +316,17 @@ def sample_completions(
     """
     import torch
 
-    tokenizer.padding_side = "left"
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     n, rows = settings.n, len(prompts) * settings.n
     eos = torch.tensor(eos_ids(model, tokenizer), device=model.device)
     generator = torch.Generator().manual_seed(seed)
     tokens: list[list[int]] = [[] for _ in range(rows)]
     stop: list[str] = ["length"] * rows
     with torch.inference_mode(), grouped_kv_attention(model):
-        mask = enc["attention_mask"]
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        out = model(
-            input_ids=enc["input_ids"],
-            attention_mask=mask,
-            position_ids=positions,
-            past_key_values=growing_cache(),
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        cache = as_dynamic_cache(out.past_key_values)
-        cache.batch_repeat_interleave(n)
-        logits = out.logits[:, -1].repeat_interleave(n, 0)
-        mask = mask.repeat_interleave(n, 0)
-        position = positions[:, -1:].repeat_interleave(n, 0)
+        batch = DecodeBatch(model, tokenizer, prompts, n)
         live = torch.arange(rows)  # which of the chunk's sequences each batch row is
         for step in range(settings.max_new_tokens):
             uniforms = torch.rand(rows, generator=generator, dtype=torch.float64)[live]
-            nxt = draw_tokens(logits, settings.temperature, settings.top_p, uniforms.to(logits.device))
+            nxt = draw_tokens(batch.logits, settings.temperature, settings.top_p, uniforms.to(batch.logits.device))
             ended = torch.isin(nxt, eos)
             for row, token, done in zip(live.tolist(), nxt.tolist(), ended.tolist()):
                 if done:
@@ -307,19 +341,9 @@ def sample_completions(
                 keep = (~ended).nonzero().squeeze(-1)
                 if keep.numel() == 0:
                     break
-                cache.batch_select_indices(keep)
-                live, nxt, mask, position = live[keep.cpu()], nxt[keep], mask[keep], position[keep]
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], -1)
-            position = position + 1
-            out = model(
-                input_ids=nxt.unsqueeze(-1),
-                attention_mask=mask,
-                position_ids=position,
-                past_key_values=cache,
-                use_cache=True,
-            )
-            cache = as_dynamic_cache(out.past_key_values)
-            logits = out.logits[:, -1]
+                batch.keep(keep)
+                live, nxt = live[keep.cpu()], nxt[keep]
+            batch.step(nxt)
     texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     flat = [Completion(t, len(ids), s) for t, ids, s in zip(texts, tokens, stop)]
     return [flat[i * n : (i + 1) * n] for i in range(len(prompts))]

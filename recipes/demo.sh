@@ -8,8 +8,9 @@
 # stages and resumes a broken one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${OUT:-runs/demo}
 SEED=${SEED:-0}      # picks the problems, data order and sampling of every stage
+# a finished stage is skipped, so another seed needs its own OUT
+if [ "$SEED" = 0 ]; then OUT=${OUT:-runs/demo}; else OUT=${OUT:-runs/demo_s$SEED}; fi
 RECIPE=recipes/demo.toml
 CAT=pass@16          # the CAT branch's strategy
 BRANCH_STEPS=80      # per branch, after the recipe's 8 warm-up steps: 20 more epochs of 16 problems
@@ -48,7 +49,8 @@ catcli weights --from "$OUT/cat" --strategy "$CAT"
 
 echo "== 5/5 CAT - CE, paired over the same held-apart problems; curves in $OUT/curves.png" >&2
 catcli plot "$OUT/eval_ce" "$OUT/eval_cat" -o "$OUT/curves.png"
-catcli compare "$OUT/eval_ce" "$OUT/eval_cat" --k 1,4,16,$K --json > "$OUT/compare.json"
+catcli compare "$OUT/eval_ce" "$OUT/eval_cat" --k 1,4,16,$K --json > "$OUT/compare.json.tmp"
+mv "$OUT/compare.json.tmp" "$OUT/compare.json"
 catcli compare "$OUT/eval_ce" "$OUT/eval_cat" --k 1,4,16,$K
 python - "$OUT/compare.json" "$K" "$BRANCH_STEPS" "$SEED" <<'PY'
 import json

@@ -20,8 +20,12 @@ run.json's constant_weight, `catcli weights --from`) say how far each CAT arm mo
 
 Every stage is `catcli` in a subprocess writing OUT/<part>/<stage>: finished stages are
 skipped, an interrupted one resumed, so a stopped run loses nothing; OUT/walls/ keeps each
-stage's time across invocations. Prints one JSON object and writes it to OUT/claim.json, keeping
-the parts of an earlier OUT/claim.json that this invocation did not run; plots in OUT.
+stage's time across invocations. Each evaluated branch is also kept in ARCHIVE (committed:
+bench/results/claim_runs): its samples, eval.json, the run's train log and run.json, and both
+stages' times, without the adapter. A machine that lost OUT reads finished branches from there
+and trains only the missing ones, so seeds run in different sessions pool into one summary.
+Prints one JSON object and writes it to OUT/claim.json, keeping the parts of an earlier
+OUT/claim.json that this invocation did not run; plots in OUT.
 
     python bench/claim.py [--quick] [--out runs/claim] [--parts sft,rl,solution] [--seeds 0,1,2]
 
@@ -32,7 +36,10 @@ slow each other far more than 2x.
 from __future__ import annotations
 
 import argparse
+import functools
+import gzip
 import json
+import shutil
 from pathlib import Path
 
 import device
@@ -92,9 +99,44 @@ QUICK = {
 QUICK_LIMIT = {"sft": 8, "rl": 4, "eval": 4}
 
 
+ARCHIVE = Path(__file__).resolve().parent / "results" / "claim_runs"
+# what a branch keeps: enough to pool it again (samples, eval.json) and to report its training
+KEPT = {"eval": ("eval.json", "samples.jsonl"), "train": ("train_log.jsonl", "run.json")}
+
+
 class Bench:
-    def __init__(self, out: Path, quick: bool):
-        self.out, self.quick = out, quick
+    def __init__(self, out: Path, quick: bool, archive: Path | None):
+        self.out, self.quick, self.archive = out, quick, archive
+
+    def kept(self, out: Path) -> Path | None:
+        """The archived copy of stage OUT, if an earlier run kept it."""
+        if self.archive is None:
+            return None
+        path = self.archive / out.relative_to(self.out)
+        return path if path.is_dir() else None
+
+    def keep(self, *stages: Path) -> None:
+        """Copy finished STAGES (a run, then its eval) into the archive, each as a whole directory."""
+        if self.archive is None:
+            return
+        for out in stages:
+            rel = out.relative_to(self.out)
+            final = self.archive / rel
+            if final.is_dir():
+                continue
+            tmp = final.with_name(f".{final.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+            for name in KEPT["eval" if (out / "eval.json").exists() else "train"]:
+                data = (out / name).read_bytes()
+                if name == "samples.jsonl":  # the completions' text: ~10x smaller compressed
+                    (tmp / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
+                else:
+                    (tmp / name).write_bytes(data)
+            wall = self.wall_file(out)
+            if wall.exists():
+                shutil.copyfile(wall, tmp / "wall_s")
+            tmp.rename(final)
 
     def stage(self, out: Path, command: str, recipe: Path, *args: str) -> Path:
         """`catcli COMMAND --recipe RECIPE ARGS --out OUT` unless finished; resumes a started OUT."""
@@ -111,7 +153,11 @@ class Bench:
         return self.out / "walls" / str(out.relative_to(self.out)).replace("/", "__")
 
     def walls(self) -> dict[str, float]:
-        return {f.name.replace("__", "/"): float(f.read_text()) for f in sorted((self.out / "walls").glob("[!.]*"))}
+        kept = self.archive.glob("*/*/wall_s") if self.archive else []
+        walls = {str(f.parent.relative_to(self.archive)): float(f.read_text()) for f in kept}
+        here = (self.out / "walls").glob("[!.]*")
+        walls |= {f.name.replace("__", "/"): float(f.read_text()) for f in here}
+        return dict(sorted(walls.items()))
 
     def frozen(self, recipe: Path, command: str) -> Path:
         """The recipe's problems for COMMAND, chosen once with seed 0 and written as a JSONL file.
@@ -134,7 +180,10 @@ def slug(arm: str) -> str:
 
 
 def records(eval_dir: Path) -> list[dict]:
-    return read_jsonl(eval_dir / "samples.jsonl")
+    """An eval's samples, from its run directory or its archived copy."""
+    if (eval_dir / "samples.jsonl").exists():
+        return read_jsonl(eval_dir / "samples.jsonl")
+    return [json.loads(line) for line in gzip.decompress((eval_dir / "samples.jsonl.gz").read_bytes()).splitlines()]
 
 
 def metrics(eval_dir: Path) -> dict:
@@ -156,17 +205,46 @@ def train_stats(run: Path, keys: tuple[str, ...]) -> dict:
     return {k: {"mean": sum(r[k] for r in rows) / len(rows), "last": rows[-1][k]} for k in keys}
 
 
-def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, seeds: list[int], *extra: str):
+def weights_from(run: Path, strategy: str) -> dict:
+    """`catcli weights --from RUN` without its source path, which names this machine's OUT or the archive."""
+    out = json.loads(catcli("weights", "--from", str(run), "--strategy", strategy, "--json", capture=True))
+    return {k: v for k, v in out.items() if k != "source"}
+
+
+def branch(bench: Bench, run_out: Path, command: str, recipe: Path, init, flags: list[str], seed: list[str]):
+    """A run trained with `init()` (the warm-up's flags), FLAGS and SEED, then evaluated with SEED:
+    from the archive when it holds both, else from OUT, training what is missing, then archived."""
+    eval_out = run_out.with_name(f"eval_{run_out.name}")
+    if (run := bench.kept(run_out)) and (done := bench.kept(eval_out)):
+        return run, done
+    run = bench.stage(run_out, command, recipe, *init(), *flags, *seed)
+    done = bench.stage(eval_out, "eval", recipe, "--model", str(run), *seed)
+    bench.keep(run, done)
+    return run, done
+
+
+def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, seeds: list[int], init, *extra: str):
     """Each arm trained once per seed with `extra` flags, then evaluated with the same seed."""
     runs: dict[str, list[Path]] = {a: [] for a in arms}
     evals: dict[str, list[Path]] = {a: [] for a in arms}
     for seed in seeds:
         for arm, flags in arms.items():
             s = ["--seed", str(seed)]
-            run = bench.stage(out / f"{slug(arm)}_s{seed}", command, recipe, *extra, *flags, *s)
+            run, done = branch(bench, out / f"{slug(arm)}_s{seed}", command, recipe, init, [*extra, *flags], s)
             runs[arm].append(run)
-            evals[arm].append(bench.stage(out / f"eval_{slug(arm)}_s{seed}", "eval", recipe, "--model", str(run), *s))
+            evals[arm].append(done)
     return runs, evals
+
+
+def warm_up(bench: Bench, out: Path, recipe: Path):
+    """The warm-up's eval, and a function giving the branches' `--init-adapter` flags. The warm-up
+    trains only when a branch or its eval needs it: an archived part needs no adapter at all."""
+    train = functools.cache(lambda: bench.stage(out / "warmup", "sft", recipe))
+    warm_eval = bench.kept(out / "eval_warmup")
+    if warm_eval is None:
+        warm_eval = bench.stage(out / "eval_warmup", "eval", recipe, "--model", str(train()))
+        bench.keep(train(), warm_eval)
+    return warm_eval, lambda: ["--init-adapter", str(train())]
 
 
 def pooled_part(
@@ -215,23 +293,19 @@ def per_seed(seeds: list[int], runs: dict, run_metrics: dict, stats: tuple[str, 
 
 def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_steps: list[int]) -> dict:
     out = bench.out / "sft"
-    warmup = bench.stage(out / "warmup", "sft", SFT_RECIPE)
-    warm_eval = bench.stage(out / "eval_warmup", "eval", SFT_RECIPE, "--model", str(warmup))
+    warm_eval, init = warm_up(bench, out, SFT_RECIPE)
     steps = [] if bench.quick else ["--max-steps", str(SFT_STEPS)]
-    runs, evals = branches(bench, out, "sft", SFT_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
+    runs, evals = branches(bench, out, "sft", SFT_RECIPE, arms, seeds, init, *steps)
     over_steps = [(0, warm_eval)]
     for n in () if bench.quick else ce_steps:
-        run = bench.stage(out / f"ce_{n}steps", "sft", SFT_RECIPE, "--init-adapter", str(warmup), "--max-steps", str(n))
-        over_steps.append((n, bench.stage(out / f"eval_ce_{n}steps", "eval", SFT_RECIPE, "--model", str(run))))
+        over_steps.append(
+            (n, branch(bench, out / f"ce_{n}steps", "sft", SFT_RECIPE, init, ["--max-steps", str(n)], [])[1])
+        )
     over_steps.append((0 if bench.quick else SFT_STEPS, evals["ce"][0]))
     result, run_metrics = pooled_part(warm_eval, evals, "ce")
     result["per_seed"] = per_seed(seeds, runs, run_metrics, ("p_mean", "weight_mean", "weight_min"))
     result["ce_over_steps"] = [{"branch_steps": n, **metrics(e)} for n, e in over_steps]
-    result["weights_seed0"] = {
-        a: json.loads(catcli("weights", "--from", str(runs[a][0]), "--strategy", a, "--json", capture=True))
-        for a in arms
-        if a != "ce"
-    }
+    result["weights_seed0"] = {a: weights_from(runs[a][0], a) for a in arms if a != "ce"}
     plot_curves(
         [(f"{a} ({len(seeds)} seeds)", s) for a, s in result["pooled"].items()],
         bench.out / "sft_curves.png",
@@ -243,9 +317,8 @@ def sft_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]], ce_step
 
 def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
     out = bench.out / "rl"
-    warmup = bench.stage(out / "warmup", "sft", RL_RECIPE)
-    warm_eval = bench.stage(out / "eval_warmup", "eval", RL_RECIPE, "--model", str(warmup))
-    runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, "--init-adapter", str(warmup))
+    warm_eval, init = warm_up(bench, out, RL_RECIPE)
+    runs, evals = branches(bench, out, "rl", RL_RECIPE, arms, seeds, init)
     result, run_metrics = pooled_part(warm_eval, evals, "grpo", RL_ALSO)
     stats = ("reward_mean", "frac_reward_zero_std", "adv_abs_mean", "adv_frac_zero", "weight_mean", "weight_max")
     result["per_seed"] = per_seed(seeds, runs, run_metrics, stats)
@@ -261,10 +334,9 @@ def rl_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
 
 def solution_part(bench: Bench, seeds: list[int], arms: dict[str, list[str]]) -> dict:
     out = bench.out / "solution"
-    warmup = bench.stage(out / "warmup", "sft", SOLUTION_RECIPE)
-    warm_eval = bench.stage(out / "eval_warmup", "eval", SOLUTION_RECIPE, "--model", str(warmup))
+    warm_eval, init = warm_up(bench, out, SOLUTION_RECIPE)
     steps = [] if bench.quick else ["--max-steps", str(SOLUTION_STEPS)]
-    runs, evals = branches(bench, out, "sft", SOLUTION_RECIPE, arms, seeds, "--init-adapter", str(warmup), *steps)
+    runs, evals = branches(bench, out, "sft", SOLUTION_RECIPE, arms, seeds, init, *steps)
     result, run_metrics = pooled_part(warm_eval, evals, "ce")
     stats = ("p_mean", "weight_mean", "weight_min", "weight_max")
     result["per_seed"] = per_seed(seeds, runs, run_metrics, stats)
@@ -309,11 +381,14 @@ def main() -> None:
         "--ce-steps", default="50,100", help="shorter CE runs: held-apart pass@k against training length ('' none)"
     )
     ap.add_argument("--arms", help="run only these arms (comma-separated) besides the baselines ce and grpo")
+    ap.add_argument(
+        "--archive", type=Path, help=f"finished branches, kept across machines [default: {ARCHIVE}; none with --quick]"
+    )
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or Path("runs/claim_quick" if args.quick else "runs/claim")
     out.mkdir(parents=True, exist_ok=True)
-    bench = Bench(out, args.quick)
+    bench = Bench(out, args.quick, args.archive or (None if args.quick else ARCHIVE))
     parts = args.parts.split(",")
     earlier = json.loads((out / "claim.json").read_text()) if (out / "claim.json").exists() else {}
     result: dict = {k: earlier[k] for k in ("sft", "rl", "solution") if k in earlier and k not in parts}

@@ -78,8 +78,9 @@ def test_claim_quick_pools_seeds_against_each_baseline_and_resumes(tmp_path):
     # two seeds where pooling over seeds is checked (RL), one for the other parts: every stage
     # is a process that loads a model, and CI runs them one after another
     arms = "pass@16,pkpo_pass@4,maj@16:k=4_success"
-    args = ("--out", str(tmp_path), "--seeds", "0", "--rl-seeds", "0,1", "--arms", arms)
-    result = _run_quick("claim.py", *args)
+    archive = tmp_path / "archive"
+    args = ("--seeds", "0", "--rl-seeds", "0,1", "--arms", arms, "--archive", str(archive))
+    result = _run_quick("claim.py", "--out", str(tmp_path), *args)
     sft, rl, solution = result["sft"], result["rl"], result["solution"]
     assert set(sft["pooled"]) == {"ce", "pass@16"} and set(rl["pooled"]) == {"grpo", "pkpo_pass@4"}
     assert set(solution["pooled"]) == {"ce", "maj@16:k=4_success"}
@@ -116,13 +117,21 @@ def test_claim_quick_pools_seeds_against_each_baseline_and_resumes(tmp_path):
     done = [*tmp_path.glob("*/*/adapter/adapter_model.safetensors"), *tmp_path.glob("*/eval_*/eval.json")]
     stamps = {p: p.stat().st_mtime_ns for p in done}
     assert len(stamps) == 22
-    again = _run_quick("claim.py", *args, "--parts", "rl")
+    again = _run_quick("claim.py", "--out", str(tmp_path), *args, "--parts", "rl")
     assert {p: p.stat().st_mtime_ns for p in done} == stamps
     assert (
         again["stage_walls_s"] == result["stage_walls_s"]
         and again["sft"] == sft
         and again["rl"]["pooled"] == rl["pooled"]
     )
+    # a machine that lost OUT: every branch and warm-up eval comes back from the archive (samples
+    # compressed, no adapters), nothing is trained, and the summary is the same
+    assert len(list(archive.glob("*/eval_*/samples.jsonl.gz"))) == 11
+    assert not list(archive.rglob("*.safetensors"))
+    fresh = tmp_path / "fresh"
+    restored = _run_quick("claim.py", "--out", str(fresh), *args)
+    assert not [p for p in fresh.iterdir() if p.is_dir()]  # no stage ran, no problems were frozen
+    assert all(restored[k] == result[k] for k in ("sft", "rl", "solution", "stage_walls_s"))
 
 
 def _run_quick(script: str, *args: str) -> dict:

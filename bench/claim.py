@@ -100,8 +100,10 @@ QUICK_LIMIT = {"sft": 8, "rl": 4, "eval": 4}
 
 
 ARCHIVE = Path(__file__).resolve().parent / "results" / "claim_runs"
-# what a branch keeps: enough to pool it again (samples, eval.json) and to report its training
+# what a branch keeps: enough to pool it again (samples, eval.json) and to report its training;
+# a warm-up also keeps its adapter (7 MB), so branches trained in later sessions start from it
 KEPT = {"eval": ("eval.json", "samples.jsonl"), "train": ("train_log.jsonl", "run.json")}
+ADAPTER = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors", "adapter/catcli_base.json")
 
 
 class Bench:
@@ -115,8 +117,9 @@ class Bench:
         path = self.archive / out.relative_to(self.out)
         return path if path.is_dir() else None
 
-    def keep(self, *stages: Path) -> None:
-        """Copy finished STAGES (a run, then its eval) into the archive, each as a whole directory."""
+    def keep(self, *stages: Path, adapter: bool = False) -> None:
+        """Copy finished STAGES (a run, then its eval) into the archive, each as a whole directory;
+        with ADAPTER, the run's adapter too."""
         if self.archive is None:
             return
         for out in stages:
@@ -126,9 +129,10 @@ class Bench:
                 continue
             tmp = final.with_name(f".{final.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-            for name in KEPT["eval" if (out / "eval.json").exists() else "train"]:
+            evaluated = (out / "eval.json").exists()
+            for name in KEPT["eval"] if evaluated else KEPT["train"] + (ADAPTER if adapter else ()):
                 data = (out / name).read_bytes()
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
                 if name == "samples.jsonl":  # the completions' text: ~10x smaller compressed
                     (tmp / f"{name}.gz").write_bytes(gzip.compress(data, mtime=0))
                 else:
@@ -237,13 +241,14 @@ def branches(bench: Bench, out: Path, command: str, recipe: Path, arms: dict, se
 
 
 def warm_up(bench: Bench, out: Path, recipe: Path):
-    """The warm-up's eval, and a function giving the branches' `--init-adapter` flags. The warm-up
-    trains only when a branch or its eval needs it: an archived part needs no adapter at all."""
-    train = functools.cache(lambda: bench.stage(out / "warmup", "sft", recipe))
+    """The warm-up's eval, and a function giving the branches' `--init-adapter` flags: the kept
+    warm-up's adapter, else one trained only when a branch or the warm-up's eval needs it."""
+    train = functools.cache(lambda: bench.kept(out / "warmup") or bench.stage(out / "warmup", "sft", recipe))
     warm_eval = bench.kept(out / "eval_warmup")
     if warm_eval is None:
         warm_eval = bench.stage(out / "eval_warmup", "eval", recipe, "--model", str(train()))
-        bench.keep(train(), warm_eval)
+        bench.keep(train(), adapter=True)
+        bench.keep(warm_eval)
     return warm_eval, lambda: ["--init-adapter", str(train())]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -125,13 +126,23 @@ def test_claim_quick_pools_seeds_against_each_baseline_and_resumes(tmp_path):
         and again["rl"]["pooled"] == rl["pooled"]
     )
     # a machine that lost OUT: every branch and warm-up eval comes back from the archive (samples
-    # compressed, no adapters), nothing is trained, and the summary is the same
+    # compressed, the warm-ups' adapters only), nothing is trained, and the summary is the same
     assert len(list(archive.glob("*/eval_*/samples.jsonl.gz"))) == 11
-    assert not list(archive.rglob("*.safetensors"))
+    assert sorted(str(p.relative_to(archive)) for p in archive.rglob("*.safetensors")) == [
+        f"{part}/warmup/adapter/adapter_model.safetensors" for part in ("rl", "sft", "solution")
+    ]
     fresh = tmp_path / "fresh"
     restored = _run_quick("claim.py", "--out", str(fresh), *args)
     assert not [p for p in fresh.iterdir() if p.is_dir()]  # no stage ran, no problems were frozen
     assert all(restored[k] == result[k] for k in ("sft", "rl", "solution", "stage_walls_s"))
+    # a branch the archive lacks is trained there, from the kept warm-up, then kept
+    for stage in ("pkpo_pass_4_s1", "eval_pkpo_pass_4_s1"):
+        shutil.rmtree(archive / "rl" / stage)
+    _run_quick("claim.py", "--out", str(fresh), *args, "--parts", "rl")
+    assert sorted(p.name for p in (fresh / "rl").iterdir()) == ["eval_pkpo_pass_4_s1", "pkpo_pass_4_s1"]
+    run = json.loads((fresh / "rl" / "pkpo_pass_4_s1" / "run.json").read_text())
+    assert run["config"]["init_adapter"] == str(archive / "rl" / "warmup")
+    assert (archive / "rl" / "eval_pkpo_pass_4_s1" / "samples.jsonl.gz").exists()
 
 
 def _run_quick(script: str, *args: str) -> dict:

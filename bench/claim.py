@@ -22,8 +22,9 @@ Every stage is `catcli` in a subprocess writing OUT/<part>/<stage>: finished sta
 skipped, an interrupted one resumed, so a stopped run loses nothing; OUT/walls/ keeps each
 stage's time across invocations. Each evaluated branch is also kept in ARCHIVE (committed:
 bench/results/claim_runs): its samples, eval.json, the run's train log and run.json, and both
-stages' times, without the adapter. A machine that lost OUT reads finished branches from there
-and trains only the missing ones, so seeds run in different sessions pool into one summary.
+stages' times; a branch's adapter is not kept, a warm-up's is. A machine that lost OUT reads
+finished branches from there and trains only the missing ones, from the kept warm-up, so seeds
+run in different sessions pool into one summary.
 Prints one JSON object and writes it to OUT/claim.json, keeping the parts of an earlier
 OUT/claim.json that this invocation did not run; plots in OUT.
 

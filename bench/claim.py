@@ -118,16 +118,18 @@ class Bench:
         path = self.archive / out.relative_to(self.out)
         return path if path.is_dir() else None
 
-    def keep(self, *stages: Path, adapter: bool = False) -> None:
-        """Copy finished STAGES (a run, then its eval) into the archive, each as a whole directory;
-        with ADAPTER, the run's adapter too."""
+    def keep(self, run: Path, done: Path, adapter: bool = False) -> None:
+        """Copy a finished RUN and its eval DONE into the archive (with ADAPTER, the run's adapter
+        too). The eval lands last and marks the pair whole: a run kept without it is a half left
+        by a stopped keep, and the RUN now kept replaces it, so an eval never pairs with another
+        training. A RUN that is itself the archived copy stays as it is."""
         if self.archive is None:
             return
-        for out in stages:
-            rel = out.relative_to(self.out)
-            final = self.archive / rel
-            if final.is_dir():
+        staged = []
+        for out in (run, done):
+            if out.is_relative_to(self.archive):
                 continue
+            final = self.archive / out.relative_to(self.out)
             tmp = final.with_name(f".{final.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             evaluated = (out / "eval.json").exists()
@@ -141,6 +143,9 @@ class Bench:
             wall = self.wall_file(out)
             if wall.exists():
                 shutil.copyfile(wall, tmp / "wall_s")
+            staged.append((tmp, final))
+        for tmp, final in staged:
+            shutil.rmtree(final, ignore_errors=True)
             tmp.rename(final)
 
     def stage(self, out: Path, command: str, recipe: Path, *args: str) -> Path:
@@ -248,8 +253,7 @@ def warm_up(bench: Bench, out: Path, recipe: Path):
     warm_eval = bench.kept(out / "eval_warmup")
     if warm_eval is None:
         warm_eval = bench.stage(out / "eval_warmup", "eval", recipe, "--model", str(train()))
-        bench.keep(train(), adapter=True)
-        bench.keep(warm_eval)
+        bench.keep(train(), warm_eval, adapter=True)
     return warm_eval, lambda: ["--init-adapter", str(train())]
 
 

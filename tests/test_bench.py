@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -167,3 +168,33 @@ def test_math_baseline_quick_runs_its_stages_and_a_rerun_skips_them(tmp_path):
     # every stage skipped: the recorded walls come back unchanged and still decide the mode
     assert again["card"]["wall_s"] == card["wall_s"] and again["card"]["mode"] == card["mode"]
     assert again["speed_4bit"]["wall_s"] == result["speed_4bit"]["wall_s"]
+
+
+def _stage(path: Path, files: dict[str, str]) -> Path:
+    for name, text in files.items():
+        (path / name).parent.mkdir(parents=True, exist_ok=True)
+        (path / name).write_text(text)
+    return path
+
+
+def test_claim_keeps_a_branch_whole_and_replaces_a_half_left_by_a_stopped_keep(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "bench"))
+    from claim import Bench, records
+
+    out, archive = tmp_path / "out", tmp_path / "archive"
+    bench = Bench(out, quick=False, archive=archive)
+    # a keep stopped between its two renames left the first training's run without its eval
+    _stage(archive / "rl" / "arm_s0", {"train_log.jsonl": "first\n", "run.json": "{}"})
+    run = _stage(out / "rl" / "arm_s0", {"train_log.jsonl": "second\n", "run.json": "{}", "adapter/x": ""})
+    done = _stage(out / "rl" / "eval_arm_s0", {"eval.json": "{}", "samples.jsonl": '{"a": 1}\n'})
+    assert bench.kept(run) and not bench.kept(done)
+    bench.keep(run, done)
+    assert (archive / "rl" / "arm_s0" / "train_log.jsonl").read_text() == "second\n"
+    assert not (archive / "rl" / "arm_s0" / "adapter").exists()  # a branch keeps no adapter
+    assert records(bench.kept(done)) == [{"a": 1}]
+    assert sorted(p.name for p in (archive / "rl").iterdir()) == ["arm_s0", "eval_arm_s0"]  # no tmp left
+    # a warm-up read from the archive is evaluated here: its eval is kept, the archived run untouched
+    warm = _stage(archive / "rl" / "warmup", {"run.json": "kept", "adapter/adapter_config.json": "{}"})
+    warm_eval = _stage(out / "rl" / "eval_warmup", {"eval.json": "{}", "samples.jsonl": ""})
+    bench.keep(warm, warm_eval, adapter=True)
+    assert (warm / "run.json").read_text() == "kept" and bench.kept(warm_eval)

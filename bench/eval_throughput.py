@@ -83,10 +83,10 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
             batch.step(torch.zeros(len(live), dtype=torch.long, device=model.device))
 
 
-def filled_cache(config, rows: int, context: int, generator):
+def filled_cache(config, rows: int, context: int, generator, dtype):
     """catcli's sampling cache holding `context` random keys and values per layer, and its mask
     with one padded row, as a chunk of prompts of different lengths has: a long context without
-    a prefill."""
+    a prefill. The keys are in the model's DTYPE, which on a CPU Unsloth picks by its bf16 support."""
     import torch
 
     from catcli.samples import growing_cache
@@ -95,7 +95,8 @@ def filled_cache(config, rows: int, context: int, generator):
     shape = (rows, config.num_key_value_heads, context, head_dim)
     cache = growing_cache()
     for layer in range(config.num_hidden_layers):
-        cache.update(torch.randn(shape, generator=generator), torch.randn(shape, generator=generator), layer)
+        keys, values = (torch.randn(shape, generator=generator, dtype=dtype) for _ in range(2))
+        cache.update(keys, values, layer)
     mask = torch.ones(rows, context, dtype=torch.long)
     mask[0, 0] = 0
     return cache, mask
@@ -118,7 +119,7 @@ def step_costs(model, rows_list: list[int], contexts: list[int], steps: int = 5)
     with torch.inference_mode():
         for rows in rows_list:
             for context in contexts:
-                states = {arm: filled_cache(model.config, rows, context, g) for arm in attention}
+                states = {arm: filled_cache(model.config, rows, context, g, model.dtype) for arm in attention}
                 walls = {arm: [] for arm in attention}
                 token = torch.randint(100, 1000, (rows, 1), generator=g)
                 for _ in range(steps):

@@ -13,6 +13,10 @@ import pytest
 # spinner: two such processes ran a loop of small matmuls 17x slower each than alone. With 10k
 # spins it costs nothing alone and 4x side by side (2x is a fair share). CLI subprocesses inherit it.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
+# Unsloth loads a CPU model in bfloat16 where the CPU computes it (AVX512-BF16 / AMX), else in
+# float32: pinned, so a test's outcome does not depend on which CPU runs it. The bf16 path has
+# its own test (test_bench.py's eval_throughput case).
+os.environ["UNSLOTH_CPU_BF16"] = "0"
 
 ROOT = Path(__file__).resolve().parents[1]
 MATH_TRAIN = ROOT.parent / "shared" / "data" / "math" / "train.jsonl"

@@ -31,7 +31,9 @@ OUT/claim.json that this invocation did not run; plots in OUT.
     python bench/claim.py [--quick] [--out runs/claim] [--parts sft,rl,solution] [--seeds 0,1,2]
 
 Run it beside other work with OMP_NUM_THREADS=1: two 2-thread torch processes on 2 cores
-slow each other far more than 2x.
+slow each other far more than 2x. Every stage runs in float32 (UNSLOTH_CPU_BF16=0), as the kept
+seeds did: on a CPU with bf16 compute Unsloth would pick bfloat16, and seeds would pool across
+precisions.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import argparse
 import functools
 import gzip
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -395,6 +398,7 @@ def main() -> None:
         "--archive", type=Path, help=f"finished branches, kept across machines [default: {ARCHIVE}; none with --quick]"
     )
     args = ap.parse_args()
+    os.environ["UNSLOTH_CPU_BF16"] = "0"  # the stages' subprocesses inherit it
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or Path("runs/claim_quick" if args.quick else "runs/claim")
     out.mkdir(parents=True, exist_ok=True)

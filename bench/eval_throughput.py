@@ -83,19 +83,21 @@ def forward_floor(model, tokenizer, prompts, n: int, lengths: list[int]) -> None
             batch.step(torch.zeros(len(live), dtype=torch.long, device=model.device))
 
 
-def filled_cache(config, rows: int, context: int, generator, dtype):
+def filled_cache(model, rows: int, context: int, generator):
     """catcli's sampling cache holding `context` random keys and values per layer, and its mask
     with one padded row, as a chunk of prompts of different lengths has: a long context without
-    a prefill. The keys are in the model's DTYPE, which on a CPU Unsloth picks by its bf16 support."""
+    a prefill. Keys and values take the model's dtype, which on a CPU Unsloth picks by its bf16
+    support."""
     import torch
 
     from catcli.samples import growing_cache
 
+    config = model.config
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     shape = (rows, config.num_key_value_heads, context, head_dim)
     cache = growing_cache()
     for layer in range(config.num_hidden_layers):
-        keys, values = (torch.randn(shape, generator=generator, dtype=dtype) for _ in range(2))
+        keys, values = (torch.randn(shape, generator=generator, dtype=model.dtype) for _ in range(2))
         cache.update(keys, values, layer)
     mask = torch.ones(rows, context, dtype=torch.long)
     mask[0, 0] = 0
@@ -119,7 +121,7 @@ def step_costs(model, rows_list: list[int], contexts: list[int], steps: int = 5)
     with torch.inference_mode():
         for rows in rows_list:
             for context in contexts:
-                states = {arm: filled_cache(model.config, rows, context, g, model.dtype) for arm in attention}
+                states = {arm: filled_cache(model, rows, context, g) for arm in attention}
                 walls = {arm: [] for arm in attention}
                 token = torch.randint(100, 1000, (rows, 1), generator=g)
                 for _ in range(steps):

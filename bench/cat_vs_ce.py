@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -43,17 +44,27 @@ def stage(out: Path, done: str, *args: str, wall: Path | None = None) -> None:
     """Run `catcli ARGS --out OUT` unless OUT/DONE exists; resume a started OUT.
 
     WALL, when given, accumulates the seconds each invocation that ran the stage spent on it, so
-    a bench rerun that skips finished stages still reports what they cost."""
+    a bench rerun that skips finished stages still reports what they cost. An invocation that
+    fails or is stopped (Ctrl-C, or SIGTERM where the bench turns it into an exit) counts too: a
+    stage that spans several sessions is then over-, not under-counted, by the unit of work each
+    stop threw away; only a SIGKILL loses its seconds."""
     if (out / done).exists():
         print(f"== {out}: done, skipped", file=sys.stderr)
         return
     resume = ["--resume"] if out.is_dir() and any(out.iterdir()) else []
     print(f"== {out}: catcli {' '.join(args)}", file=sys.stderr)
     start = time.monotonic()
-    catcli(*args, "--out", str(out), *resume)
-    if wall is not None:
-        previous = float(wall.read_text()) if wall.exists() else 0.0
-        write_atomic(wall, str(previous + time.monotonic() - start))
+    try:
+        catcli(*args, "--out", str(out), *resume)
+    finally:
+        if wall is not None:
+            previous = float(wall.read_text()) if wall.exists() else 0.0
+            write_atomic(wall, str(previous + time.monotonic() - start))
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM (`kill`, a session's end) into an exit, so `stage` counts a stopped invocation's seconds."""
+    signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
 
 
 def arm_dir(strategy: str) -> str:

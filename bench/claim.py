@@ -47,7 +47,7 @@ import shutil
 from pathlib import Path
 
 import device
-from cat_vs_ce import catcli, stage
+from cat_vs_ce import catcli, exit_on_sigterm, stage
 
 from catcli.config import load_recipe
 from catcli.curves import compare_seeds, plot_curves, save_png, summarise_seeds
@@ -398,6 +398,7 @@ def main() -> None:
         "--archive", type=Path, help=f"finished branches, kept across machines [default: {ARCHIVE}; none with --quick]"
     )
     args = ap.parse_args()
+    exit_on_sigterm()
     os.environ["UNSLOTH_CPU_BF16"] = "0"  # the stages' subprocesses inherit it
     seeds = [int(s) for s in args.seeds.split(",")]
     out = args.out or Path("runs/claim_quick" if args.quick else "runs/claim")

@@ -9,11 +9,14 @@ resumed when interrupted, so a stopped run loses nothing:
                             before they boxed one), temperature 0.8, in the faster mode
 Prints one JSON object: pass@k and maj@k with CIs overall and per level, the boxed-answer rate,
 the share of samples cut at the cap and their mean length, wall time and samples/s of each stage
-(OUT/walls keeps it for reruns; the time of a killed invocation is not counted). The train split
+(OUT/walls keeps it for reruns, a stopped invocation counted; see cat_vs_ce.stage). The train split
 may be in the model's pretraining data: this is a card for the pipeline, not a contamination-free
 score.
 
-    python bench/math_baseline.py [--quick] [--out runs/math_baseline] [--limit 48]
+The card takes longer than a session on 2 CPU cores, so its run directory is kept in the
+repository (bench/results/math_baseline_run, committed as it grows) and the next machine resumes it.
+
+    python bench/math_baseline.py [--quick] [--out DIR] [--limit 48]
 """
 
 from __future__ import annotations
@@ -24,11 +27,14 @@ import sys
 from pathlib import Path
 
 import device
-from cat_vs_ce import stage
+from cat_vs_ce import exit_on_sigterm, stage
 
 from catcli.rundir import read_jsonl
 
 MATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "math" / "train.jsonl"
+# the card takes longer than a session: its run directory is kept in the repository, committed as
+# it grows, so the next machine resumes it
+KEPT = Path(__file__).resolve().parent / "results" / "math_baseline_run"
 SPEED = ["--limit", "4", "--n", "2", "--k", "1,2", "--max-new-tokens", "128", "--batch-size", "4"]
 
 
@@ -49,10 +55,11 @@ def samples_summary(out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the embedded model on arith, a few tokens (CI smoke)")
-    ap.add_argument("--out", type=Path)
+    ap.add_argument("--out", type=Path, help=f"[default: {KEPT}; runs/math_baseline_quick with --quick]")
     ap.add_argument("--limit", type=int, default=48)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     args = ap.parse_args()
+    exit_on_sigterm()
     if args.quick:
         model, data = "smollm2-135m", ["--data", "arith", "--levels", "1-3"]
         out = args.out or Path("runs/math_baseline_quick")
@@ -62,9 +69,9 @@ def main() -> None:
         if not MATH.exists():
             sys.exit(f"math_baseline: needs {MATH}")
         model, data = "qwen2.5-coder-1.5b", ["--data", str(MATH), "--levels", "1-3"]
-        out = args.out or Path("runs/math_baseline")
+        out = args.out or KEPT
         card = ["--limit", str(args.limit), "--n", "8", "--k", "1,2,4,8", "--max-new-tokens", str(args.max_new_tokens)]
-        card += ["--batch-size", "8"]
+        card += ["--batch-size", "4"]  # 32 sequences a chunk: ~13 min each, so a stop loses little
         speed = SPEED
     common = ["--model", model, *data, "--temperature", "0.8", "--seed", "0"]
     result: dict = {"bench": "math_baseline", "model": model, "machine": device.describe(), "quick": args.quick}

@@ -32,5 +32,6 @@ if ! $quick; then
     cp runs/claim/sft_curves.png docs/claim_sft.png
     cp runs/claim/rl_curves.png docs/claim_rl.png
     cp runs/claim/solution_curves.png docs/claim_solution.png
-    [ ! -e runs/math_baseline/card/curves.png ] || cp runs/math_baseline/card/curves.png docs/math_baseline.png
+    card=bench/results/math_baseline_run/card
+    [ ! -e $card/curves.png ] || cp $card/curves.png docs/math_baseline.png
 fi

@@ -206,3 +206,22 @@ def test_claim_keeps_a_branch_whole_and_replaces_a_half_left_by_a_stopped_keep(t
     warm_eval = _stage(out / "rl" / "eval_warmup", {"eval.json": "{}", "samples.jsonl": ""})
     bench.keep(warm, warm_eval, adapter=True)
     assert (warm / "run.json").read_text() == "kept" and bench.kept(warm_eval)
+
+
+def test_a_stage_stopped_by_sigterm_still_counts_its_seconds(tmp_path):
+    # the math_baseline card spans sessions: each stopped invocation's time must reach its wall
+    # file, or the card's samples/s would count only the invocation that finished it
+    script = f"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, {str(ROOT / "bench")!r})
+import cat_vs_ce
+cat_vs_ce.catcli = lambda *args: (print("started", flush=True), time.sleep(60))
+cat_vs_ce.exit_on_sigterm()
+cat_vs_ce.stage(Path({str(tmp_path / "out")!r}), "done", "eval", wall=Path({str(tmp_path / "wall")!r}))
+"""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "started\n"
+    proc.terminate()
+    assert proc.wait(timeout=30) == 128 + 15
+    assert float((tmp_path / "wall").read_text()) > 0

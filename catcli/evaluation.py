@@ -9,7 +9,10 @@ data -> prompts -> model -> samples -> grades -> estimators -> curves, with ever
 own module; this file only sequences them and owns the output directory:
   OUT/run.json        resolved config + provenance, written before sampling (resume checks it)
   OUT/samples.jsonl   one line per finished problem (see samples.py)
-  OUT/eval.json       config, model, data fingerprint, metrics with mean / se / ci, per level
+  OUT/eval.json       config, model, data fingerprint, metrics with mean / se / ci, per level, and
+                      model_dtype: what the weights computed in when this invocation sampled (a
+                      CPU with bf16 compute loads bfloat16, one without float32); null when a
+                      resumed run found nothing left to sample
   OUT/curves.csv, OUT/curves.png
 """
 
@@ -108,8 +111,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
         if i % state.num_processes == state.process_index and any(p.id not in done for p in c)
     ]
     part = samples_path if state.num_processes == 1 else cfg.out / f"samples.part{state.process_index}.jsonl"
-    if todo:
-        _sample(cfg, backend, settings, rewards, todo, done, part, progress)
+    dtype = _sample(cfg, backend, settings, rewards, todo, done, part, progress) if todo else None
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
@@ -128,6 +130,7 @@ def run_eval(cfg: EvalConfig, progress: bool = True) -> dict | None:
             "fingerprint": fingerprint(problems),
         },
         **summary,
+        "model_dtype": dtype,
         "provenance": provenance(),
     }
     write_json(cfg.out / "eval.json", result)
@@ -152,9 +155,10 @@ def resolve_backend(backend: str) -> str:
 
 
 def _load_sampler(cfg, backend: str):
-    """A function (prompts, settings, seed) -> completions for the chosen backend, and its tokenizer."""
+    """A function (prompts, settings, seed) -> completions for the chosen backend, its tokenizer
+    and the model's dtype."""
     from catcli.backend import quiet
-    from catcli.models import load_for_vllm, load_model
+    from catcli.models import dtype_name, load_for_vllm, load_model
 
     if backend == "vllm":
         from catcli.samples import sample_completions_vllm
@@ -164,8 +168,10 @@ def _load_sampler(cfg, backend: str):
         )
         eos = eos_ids(model, tokenizer)
         return (
-            lambda prompts, s, seed, on_step=None: sample_completions_vllm(model, prompts, s, seed, eos, lora)
-        ), tokenizer
+            (lambda prompts, s, seed, on_step=None: sample_completions_vllm(model, prompts, s, seed, eos, lora)),
+            tokenizer,
+            dtype_name(model),
+        )
     model, tokenizer = load_model(
         cfg.model,
         load_in_4bit=cfg.load_in_4bit,
@@ -176,15 +182,18 @@ def _load_sampler(cfg, backend: str):
 
     with quiet():
         FastLanguageModel.for_inference(model)
-    return (lambda prompts, s, seed, on_step=None: sample_completions(model, tokenizer, prompts, s, seed, on_step)), (
-        tokenizer
+    return (
+        (lambda prompts, s, seed, on_step=None: sample_completions(model, tokenizer, prompts, s, seed, on_step)),
+        tokenizer,
+        dtype_name(model),
     )
 
 
-def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples_path, progress) -> None:
+def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples_path, progress) -> str:
+    """Sample the chunks TODO into SAMPLES_PATH; returns the model's dtype."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    sample, tokenizer = _load_sampler(cfg, backend)
+    sample, tokenizer, dtype = _load_sampler(cfg, backend)
     columns = (
         TextColumn("sampling"),
         BarColumn(),
@@ -231,3 +240,4 @@ def _sample(cfg, backend, settings, rewards: list[RewardFn], todo, done, samples
                 eta_min = (total - finished_problems) * settings.n / rate / 60
                 done_line = f"sampling: {finished_problems}/{total} problems done, {rate:.2f} samples/s"
                 bar.console.print(f"{done_line}, ETA {eta_min:.1f} min", highlight=False)
+    return dtype

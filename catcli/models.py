@@ -229,6 +229,13 @@ def load_model(
     return model, tokenizer
 
 
+def dtype_name(model) -> str:
+    """What the model computes in ("bfloat16", "float32", ...): on a CPU Unsloth picks it from the
+    hardware (bfloat16 where the CPU has bf16 compute, else float32; UNSLOTH_CPU_BF16=0/1 overrides),
+    so a run records it beside its results."""
+    return str(model.dtype).removeprefix("torch.")
+
+
 def load_for_vllm(spec: str, *, load_in_4bit: bool | None = None, max_seq_length: int = 1024, max_lora_rank: int = 64):
     """Load through Unsloth's vLLM engine (`fast_inference`, CUDA only); returns (model, tokenizer, lora_request).
 

@@ -24,6 +24,7 @@ def test_eval_writes_all_outputs(tmp_path):
     result = json.loads(r.stdout)  # stdout is exactly one JSON object
     assert set(result["metrics"]) == {f"{m}@{k}" for m in ("pass", "maj") for k in (1, 2, 4, 8)}
     assert result["data"]["n_problems"] == 8 and len(result["data"]["fingerprint"]) == 64
+    assert result["model_dtype"] == "float32"  # conftest turns Unsloth's CPU bf16 off
     for name in ("eval.json", "run.json", "samples.jsonl", "curves.csv", "curves.png"):
         assert (out / name).stat().st_size > 0
     rows = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]

@@ -212,6 +212,7 @@ def test_sft_runs_resumes_after_kill_and_eval_uses_the_adapter(tmp_path):
     assert all(row["weight_min"] <= row["weight_mean"] <= row["weight_max"] for row in log)
     run = json.loads((out / "run.json").read_text())
     assert run["global_step"] == 12 and run["strategy"] == "pass@4"
+    assert run["model_dtype"] == "float32"  # conftest turns Unsloth's CPU bf16 off
     assert (out / "adapter" / "adapter_model.safetensors").exists()
     assert json.loads((out / "adapter" / "catcli_base.json").read_text())["model"] == "smollm2-135m"
 

@@ -29,7 +29,16 @@ from catcli import config
 from catcli.backend import import_unsloth, quiet
 from catcli.config import RLRunConfig, TrainOptions
 from catcli.errors import UsageError
-from catcli.models import adapter_lora, base_spec, load_model, resolve_model, save_adapter, save_merged, seed_everything
+from catcli.models import (
+    adapter_lora,
+    base_spec,
+    dtype_name,
+    load_model,
+    resolve_model,
+    save_adapter,
+    save_merged,
+    seed_everything,
+)
 from catcli.rundir import (
     EVAL_LOG,
     check_resume,
@@ -373,6 +382,7 @@ def run_training(spec: TrainingSpec, cfg: TrainOptions, progress: bool = True) -
         "trainer_args": resolved_arguments(trainer),
         "strategy": str(cfg.strategy),
         "n_problems": len(problems),
+        "model_dtype": dtype_name(trainer.model),
         **spec.record(cfg, trainer),
         "provenance": provenance(),
     }

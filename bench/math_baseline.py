@@ -32,8 +32,6 @@ from cat_vs_ce import exit_on_sigterm, stage
 from catcli.rundir import read_jsonl
 
 MATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "math" / "train.jsonl"
-# the card takes longer than a session: its run directory is kept in the repository, committed as
-# it grows, so the next machine resumes it
 KEPT = Path(__file__).resolve().parent / "results" / "math_baseline_run"
 SPEED = ["--limit", "4", "--n", "2", "--k", "1,2", "--max-new-tokens", "128", "--batch-size", "4"]
 

@@ -10,8 +10,7 @@ own module; this file only sequences them and owns the output directory:
   OUT/run.json        resolved config + provenance, written before sampling (resume checks it)
   OUT/samples.jsonl   one line per finished problem (see samples.py)
   OUT/eval.json       config, model, data fingerprint, metrics with mean / se / ci, per level, and
-                      model_dtype: what the weights computed in when this invocation sampled (a
-                      CPU with bf16 compute loads bfloat16, one without float32); null when a
+                      model_dtype (models.dtype_name) of this invocation's sampling; null when a
                       resumed run found nothing left to sample
   OUT/curves.csv, OUT/curves.png
 """

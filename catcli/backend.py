@@ -6,8 +6,8 @@ that import is what turns `trl.SFTTrainer` into Unsloth's generated `UnslothSFTT
 
 Third-party libraries announce themselves while importing, loading and building (Unsloth's
 banners, transformers' weight-loading bar, notices about code paths catcli does not take). Those
-known to be harmless are dropped unless CATCLI_DEBUG=1 (`quiet`, `HARMLESS`); everything else they
-print still reaches stderr, and stdout stays --json's.
+known to be harmless are dropped unless CATCLI_DEBUG=1 (`quiet`, `HARMLESS`, `quiet_warnings`);
+everything else they print still reaches stderr, and stdout stays --json's.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import sys
+import warnings
 
 HARMLESS = tuple(
     re.compile(p)
@@ -37,6 +38,14 @@ HARMLESS = tuple(
         r"The tokenizer has new PAD/BOS/EOS tokens that differ from the model config and generation config",
         r"is an Enum subclass and is now natively supported by torch.compile",  # torch, about unsloth's kernels
     )
+)
+
+
+# Python warnings, by the start of their message: raised while a library is imported, which can be
+# before any `quiet` block (datasets brings in huggingface_hub while catcli reads its data)
+HARMLESS_WARNINGS = (
+    # huggingface_hub 1.33 deprecates the variable; Unsloth sets it on import, and HF docs once told users to
+    r"The `HF_HUB_ENABLE_HF_TRANSFER` environment variable is deprecated",
 )
 
 
@@ -85,6 +94,14 @@ def quiet():
             yield
     finally:
         err.flush()
+
+
+def quiet_warnings() -> None:
+    """Ignore the warnings HARMLESS_WARNINGS knows, for the whole process, unless CATCLI_DEBUG=1."""
+    if debugging():
+        return
+    for message in HARMLESS_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
 
 
 def _quiet_logging() -> None:

@@ -23,6 +23,7 @@ from typing import Annotated, Optional
 import typer
 
 from catcli import __version__, config
+from catcli.backend import quiet_warnings
 from catcli.config import DataOptions, EvalConfig, RLRunConfig, SFTRunConfig
 from catcli.errors import EXIT_INTERRUPTED, CatError, UsageError
 from catcli.strategy import Strategy
@@ -416,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; known errors become one stderr line and an exit code (errors.py)."""
     debug = os.environ.get("CATCLI_DEBUG") == "1"
     interrupted = "catcli: interrupted; finished work is saved: rerun with --resume to continue"
+    quiet_warnings()
     try:
         result = app(args=argv, prog_name="catcli", standalone_mode=False)
         if result == EXIT_INTERRUPTED:  # typer turns Ctrl-C into this code itself, silently

@@ -14,7 +14,6 @@ import dataclasses
 import inspect
 import json
 import math
-import os
 import sys
 import typing
 from pathlib import Path
@@ -23,7 +22,7 @@ from typing import Annotated, Optional
 import typer
 
 from catcli import __version__, config
-from catcli.backend import quiet_warnings
+from catcli.backend import debugging, quiet_warnings
 from catcli.config import DataOptions, EvalConfig, RLRunConfig, SFTRunConfig
 from catcli.errors import EXIT_INTERRUPTED, CatError, UsageError
 from catcli.strategy import Strategy
@@ -415,7 +414,7 @@ def rl(cfg: RLRunConfig, dry_run: bool, as_json: bool):
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; known errors become one stderr line and an exit code (errors.py)."""
-    debug = os.environ.get("CATCLI_DEBUG") == "1"
+    debug = debugging()
     interrupted = "catcli: interrupted; finished work is saved: rerun with --resume to continue"
     quiet_warnings()
     try:

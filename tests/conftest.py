@@ -14,7 +14,7 @@ import pytest
 # spins it costs nothing alone and 4x side by side (2x is a fair share). CLI subprocesses inherit it.
 os.environ.setdefault("GOMP_SPINCOUNT", "10000")
 # One OpenMP thread per process: the suite is mostly short processes on a tiny model, and beside a
-# one-thread job on 2 cores it took 1,946 s against 3,239 s with two threads each (2026-12-06).
+# one-thread job on 2 cores a fresh clone's make test took 1,982 s against 3,239 s at two (2026-12-06).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Unsloth loads a CPU model in bfloat16 where the CPU computes it (AVX512-BF16 / AMX), else in
 # float32: pinned, so a test's outcome does not depend on which CPU runs it. The bf16 path has

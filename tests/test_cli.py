@@ -307,8 +307,8 @@ def test_evaluation_problems_that_cannot_load_stop_training_before_it_starts(tmp
 
 
 def test_a_shell_that_sets_hf_transfer_still_gets_one_line(tmp_path):
-    """huggingface_hub 1.33 warns on import when HF_HUB_ENABLE_HF_TRANSFER is set, as many users'
-    shells do (and Unsloth does, for every process it starts): catcli drops that warning."""
+    """huggingface_hub 1.33 warns on import when HF_HUB_ENABLE_HF_TRANSFER is set, as HF's docs once
+    told users to (and Unsloth does, in every process it is imported into): catcli drops that warning."""
     args = ("sft", "--data", "arith", "--eval-data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "out"))
     shown = run_cli(*args, env={"HF_HUB_ENABLE_HF_TRANSFER": "1", "CATCLI_DEBUG": "1"})
     if "HF_HUB_ENABLE_HF_TRANSFER" not in shown.stderr:

@@ -14,7 +14,8 @@ may be in the model's pretraining data: this is a card for the pipeline, not a c
 score.
 
 The card takes longer than a session on 2 CPU cores, so its run directory is kept in the
-repository (bench/results/math_baseline_run, committed as it grows) and the next machine resumes it.
+repository, one per length (bench/results/math_baseline_run_<max-new-tokens>, committed as it
+grows), and the next machine resumes it.
 
     python bench/math_baseline.py [--quick] [--out DIR] [--limit 48]
 """
@@ -32,7 +33,7 @@ from cat_vs_ce import exit_on_sigterm, stage
 from catcli.rundir import read_jsonl
 
 MATH = Path(__file__).resolve().parents[2] / "shared" / "data" / "math" / "train.jsonl"
-KEPT = Path(__file__).resolve().parent / "results" / "math_baseline_run"
+RESULTS = Path(__file__).resolve().parent / "results"
 SPEED = ["--limit", "4", "--n", "2", "--k", "1,2", "--max-new-tokens", "128", "--batch-size", "4"]
 
 
@@ -53,7 +54,11 @@ def samples_summary(out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the embedded model on arith, a few tokens (CI smoke)")
-    ap.add_argument("--out", type=Path, help=f"[default: {KEPT}; runs/math_baseline_quick with --quick]")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="[default: bench/results/math_baseline_run_<max-new-tokens>; runs/math_baseline_quick with --quick]",
+    )
     ap.add_argument("--limit", type=int, default=48)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     args = ap.parse_args()
@@ -67,7 +72,7 @@ def main() -> None:
         if not MATH.exists():
             sys.exit(f"math_baseline: needs {MATH}")
         model, data = "qwen2.5-coder-1.5b", ["--data", str(MATH), "--levels", "1-3"]
-        out = args.out or KEPT
+        out = args.out or RESULTS / f"math_baseline_run_{args.max_new_tokens}"
         card = ["--limit", str(args.limit), "--n", "8", "--k", "1,2,4,8", "--max-new-tokens", str(args.max_new_tokens)]
         card += ["--batch-size", "4"]  # 32 sequences a chunk: ~13 min each, so a stop loses little
         speed = SPEED

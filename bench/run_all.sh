@@ -32,6 +32,6 @@ if ! $quick; then
     cp runs/claim/sft_curves.png docs/claim_sft.png
     cp runs/claim/rl_curves.png docs/claim_rl.png
     cp runs/claim/solution_curves.png docs/claim_solution.png
-    card=bench/results/math_baseline_run/card
+    card=bench/results/math_baseline_run_1024/card
     [ ! -e $card/curves.png ] || cp $card/curves.png docs/math_baseline.png
 fi

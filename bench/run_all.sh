@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # make bench: every benchmark in full mode, one JSON object each, saved under bench/results/,
 # and the plots copied to docs/. On 2 CPU cores: about 90 minutes for the first six, many hours
-# for claim (issues 15 and 25: three parts over 3-5 seeds), an hour or more for math_baseline
+# for claim (issues 15 and 25: three parts over 3-5 seeds), about 3 h or more for math_baseline
 # (needs `make qwen`);
 # grading and math_baseline read ../shared/data/math and are skipped with a line without it.
 # Each resumes where a stopped run left off. With --quick they only smoke-test (what CI does
@@ -32,6 +32,6 @@ if ! $quick; then
     cp runs/claim/sft_curves.png docs/claim_sft.png
     cp runs/claim/rl_curves.png docs/claim_rl.png
     cp runs/claim/solution_curves.png docs/claim_solution.png
-    card=bench/results/math_baseline_run_1024/card
+    card=bench/results/math_baseline_run_2048/card  # the run at the default --max-new-tokens
     [ ! -e $card/curves.png ] || cp $card/curves.png docs/math_baseline.png
 fi

@@ -25,6 +25,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+from packaging.utils import canonicalize_name
+
 ROOT = Path(__file__).resolve().parent.parent
 UNSLOTH = "2026.10.9"  # the Makefile's --no-deps pin
 
@@ -35,18 +37,14 @@ CARRIED = ("trl", "datasets", "dill", "multiprocess", "torchao", "cut-cross-entr
            "math-verify", "latex2sympy2-extended", "antlr4-python3-runtime", "gguf", "typer")  # fmt: skip
 
 
-def canonical(name: str) -> str:
-    """A distribution name as pip compares them (PEP 503)."""
-    return re.sub(r"[-_.]+", "-", name).lower()
-
-
 def pinned(path: Path = ROOT / "constraints.txt") -> dict[str, str]:
-    """The `name==version` lines of the install's constraints file, by canonical name."""
+    """The `name==version` lines of the install's constraints file, by canonical (PEP 503) name."""
     lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return {canonical(name): version for name, version in (line.split("==") for line in lines if line)}
+    return {canonicalize_name(name): version for name, version in (line.split("==") for line in lines if line)}
 
 
-PACKAGES = {name: pinned()[name] for name in CARRIED} | {"unsloth": UNSLOTH, "unsloth_zoo": UNSLOTH}
+PINS = pinned()
+PACKAGES = {name: PINS[name] for name in CARRIED} | {"unsloth": UNSLOTH, "unsloth_zoo": UNSLOTH}
 CUDA = "130"  # torch 2.11's CUDA 13.0: the one bitsandbytes library kept
 DROP = {
     "unsloth": re.compile(r"^studio/"),
